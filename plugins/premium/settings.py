@@ -1,0 +1,150 @@
+"""Business settings: defaults, per-deployment overrides, per-run overrides.
+
+Precedence, lowest first:
+
+1. the defaults below (the specification's figures);
+2. a JSON settings file named by ``PREMIUM_SETTINGS_FILE`` (baked into an image, or mounted);
+3. the Airflow Variable ``premium_settings`` (JSON; editable in the UI, or
+   ``AIRFLOW_VAR_PREMIUM_SETTINGS``);
+4. the DAG run's params, for the keys a DAG exposes (a null param means "not overridden").
+
+Files and the Variable are sectioned: ``{"balance": {"threshold_nis": 20000}}``. Read only inside
+tasks, never at DAG parse time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+SETTINGS_VARIABLE = "premium_settings"
+SETTINGS_FILE_ENV = "PREMIUM_SETTINGS_FILE"
+
+
+class SettingsError(ValueError):
+    """A setting is unknown, of the wrong type or out of range."""
+
+
+@dataclass(frozen=True)
+class BalanceSettings:
+    """The balance verification stage (§2, §7.1)."""
+
+    threshold_nis: Decimal = Decimal("15000")
+    chunk_size: int = 1000  # accounts per chunk (one DB page, one bulk write)
+    request_timeout_s: float = 30.0
+    max_retries: int = 3  # retries after the first attempt
+    backoff_multiplier_s: float = 1.0  # wait before retry n = multiplier * 2**n seconds
+    breaker_failures: int = 5
+    breaker_reset_s: float = 60.0
+    outage_threshold_s: float = 7200.0
+    skip_on_outage: bool = True
+    in_flight: int = 64  # concurrent requests per fetch task
+    max_mapped_tasks: int = 16  # upper bound of fetch task instances per run
+    as_of_time: str = "22:00:00"  # asOfTime sent to the bank (end of business day)
+
+    def __post_init__(self) -> None:
+        _check_range("chunk_size", self.chunk_size, 1, 10_000)
+        _check_range("in_flight", self.in_flight, 1, 1_000)
+        _check_range("max_mapped_tasks", self.max_mapped_tasks, 1, 512)
+        _check_range("max_retries", self.max_retries, 0, 10)
+        _check_range("breaker_failures", self.breaker_failures, 1, 1_000)
+        _check_range("request_timeout_s", self.request_timeout_s, 0.001, 300)
+        _check_range("breaker_reset_s", self.breaker_reset_s, 0.001, 3_600)
+        _check_range("outage_threshold_s", self.outage_threshold_s, 0, 86_400)
+        _check_range("backoff_multiplier_s", self.backoff_multiplier_s, 0, 60)
+        if self.threshold_nis < 0:
+            raise SettingsError("threshold_nis must not be negative")
+        parts = self.as_of_time.split(":")
+        if len(parts) != 3 or not all(p.isdigit() and len(p) == 2 for p in parts):
+            raise SettingsError(f"as_of_time must be HH:MM:SS, got {self.as_of_time!r}")
+
+    def backoff_s(self, retry_number: int) -> float:
+        return self.backoff_multiplier_s * 2**retry_number
+
+
+SECTIONS: dict[str, type] = {"balance": BalanceSettings}
+
+
+def _check_range(name: str, value: float, lo: float, hi: float) -> None:
+    if not lo <= value <= hi:
+        raise SettingsError(f"{name} must be between {lo} and {hi}, got {value!r}")
+
+
+def _coerce(cls: type, name: str, value: Any) -> Any:
+    field_type = {f.name: f.type for f in fields(cls)}[name]
+    try:
+        if field_type in ("bool", bool):
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                return value.lower() in ("true", "1", "yes")
+            return bool(value)
+        if field_type in ("int", int):
+            if isinstance(value, bool) or int(value) != float(value):
+                raise ValueError(value)
+            return int(value)
+        if field_type in ("float", float):
+            return float(value)
+        if field_type in ("Decimal", Decimal):
+            return Decimal(str(value))
+        return str(value)
+    except (TypeError, ValueError, ArithmeticError) as exc:
+        raise SettingsError(f"{cls.__name__}.{name}: cannot use {value!r} as {field_type}") from exc
+
+
+def merge(cls: type, base: Any, overrides: Mapping[str, Any] | None, source: str) -> Any:
+    """``base`` with ``overrides`` applied; None values are ignored, unknown keys rejected."""
+    if not overrides:
+        return base
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise SettingsError(f"unknown {cls.__name__} settings in {source}: {', '.join(unknown)}")
+    changes = {k: _coerce(cls, k, v) for k, v in overrides.items() if v is not None}
+    return dataclasses.replace(base, **changes)
+
+
+def _deployment_layers() -> list[tuple[str, Mapping[str, Any]]]:
+    layers: list[tuple[str, Mapping[str, Any]]] = []
+    path = os.environ.get(SETTINGS_FILE_ENV)
+    if path:
+        layers.append((path, json.loads(Path(path).read_text(encoding="utf-8"))))
+    raw = _variable_json()
+    if raw is not None:
+        layers.append((f"Variable {SETTINGS_VARIABLE}", raw))
+    return layers
+
+
+def _variable_json() -> Mapping[str, Any] | None:
+    try:
+        from airflow.sdk import Variable
+
+        value = Variable.get(SETTINGS_VARIABLE, default=None)
+    except Exception:  # noqa: BLE001 - no Airflow context (CLI, unit tests) means no Variable layer
+        value = os.environ.get(f"AIRFLOW_VAR_{SETTINGS_VARIABLE.upper()}")
+    if value is None:
+        return None
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def load(section: str, run_overrides: Mapping[str, Any] | None = None, *, deployment: bool = True):
+    """The effective settings of ``section`` ("balance", …)."""
+    cls = SECTIONS[section]
+    value = cls()
+    if deployment:
+        for source, layer in _deployment_layers():
+            unknown_sections = sorted(set(layer) - set(SECTIONS))
+            if unknown_sections:
+                raise SettingsError(f"unknown settings sections in {source}: {', '.join(unknown_sections)}")
+            value = merge(cls, value, layer.get(section), source)
+    return merge(cls, value, run_overrides, "run params")
+
+
+def load_balance(run_overrides: Mapping[str, Any] | None = None, *, deployment: bool = True) -> BalanceSettings:
+    return load("balance", run_overrides, deployment=deployment)
