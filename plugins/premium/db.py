@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator
 from contextlib import contextmanager
 from typing import Any
 
@@ -12,7 +12,7 @@ from premium.connections import premium_db_kwargs
 
 
 @contextmanager
-def connect(conninfo: dict[str, Any] | None = None, **overrides: Any) -> Iterator[psycopg.Connection]:
+def connect(conninfo: dict[str, Any] | None = None, **overrides: Any) -> Generator[psycopg.Connection]:
     """A connection to the application DB; commits on success, rolls back on error."""
     kwargs = dict(conninfo or premium_db_kwargs())
     kwargs.update(overrides)

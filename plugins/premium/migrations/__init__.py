@@ -60,6 +60,6 @@ def current(conninfo: dict[str, Any]) -> str | None:
         with engine.connect() as conn:
             if not sa.inspect(conn).has_table(VERSION_TABLE):
                 return None
-            return conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
+            return conn.execute(sa.text("SELECT version_num FROM premium_schema_version")).scalar()
     finally:
         engine.dispose()

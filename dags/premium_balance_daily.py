@@ -1,0 +1,98 @@
+"""
+### premium_balance_daily
+
+Every evening at 22:00 Asia/Jerusalem: the balance of every active customer, as of that day,
+from the core-banking API, recorded in the application database (§2, §4.1, §7.1).
+
+**Check date**: the run's logical date in Asia/Jerusalem (run_after for runs without one);
+a backfill of 2025-11-03 checks balances as of 2025-11-03. Never the wall clock.
+
+**Tasks**
+- `plan_chunks`: cuts the active accounts into chunks of `chunk_size` and groups them into at
+  most `max_mapped_tasks` id ranges; (re)starts the date's record in `balance_check_runs`.
+- `fetch_balances` (mapped, pool `core_banking_api`): fetches its range concurrently
+  (`in_flight` requests), retrying with backoff behind a circuit breaker; upserts
+  `daily_balance_checks` and `balance_check_failures` in bulk.
+- `record_run` (always runs): gives every unresolved account a reason, closes the run record
+  (COMPLETE / PARTIAL / SKIPPED_OUTAGE / FAILED) and publishes the `daily_balance_checks` asset.
+
+**Connections**: `core_banking` (base URL; API key, bearer token or mTLS), `premium_db`.
+**Settings**: Variable `premium_settings` (`{"balance": {...}}`); the params below override
+them for one run (leave null to keep the deployment's value).
+**Alerts**: a 401 from the bank, a day skipped for an outage and failed tasks go through
+`premium.alerts` (table `alerts`, log marker `PREMIUM_ALERT`).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import CronTriggerTimetable, Param, dag, get_current_context, task
+
+from premium.alerts import task_failure_alert
+from premium.assets import BALANCE_CHECKS
+
+BANK_POOL = "core_banking_api"
+
+
+def _optional(kind: str, description: str, **schema) -> Param:
+    return Param(None, type=["null", kind], description=description, **schema)
+
+
+@dag(
+    schedule=CronTriggerTimetable("0 22 * * *", timezone="Asia/Jerusalem"),
+    start_date=pendulum.datetime(2025, 1, 1, tz="Asia/Jerusalem"),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["premium", "core-banking", "daily"],
+    default_args={
+        "owner": "premium-data-platform",
+        "retries": 2,
+        "retry_delay": timedelta(minutes=2),
+        "retry_exponential_backoff": True,
+        "on_failure_callback": task_failure_alert,
+    },
+    params={
+        "threshold_nis": _optional("number", "Balance threshold in NIS", minimum=0),
+        "chunk_size": _optional("integer", "Accounts per chunk", minimum=1, maximum=10000),
+        "in_flight": _optional("integer", "Concurrent bank requests per fetch task", minimum=1, maximum=1000),
+        "max_mapped_tasks": _optional("integer", "Upper bound of fetch task instances", minimum=1, maximum=512),
+        "request_timeout_s": _optional("number", "Per-request timeout, seconds", exclusiveMinimum=0),
+        "max_retries": _optional("integer", "Retries per request", minimum=0, maximum=10),
+        "backoff_multiplier_s": _optional("number", "Wait before retry n = multiplier * 2**n seconds", minimum=0),
+        "breaker_failures": _optional("integer", "Failures that open the circuit breaker", minimum=1),
+        "breaker_reset_s": _optional("number", "Seconds the breaker stays open", exclusiveMinimum=0),
+        "outage_threshold_s": _optional("number", "Unavailability that makes the day an outage, seconds", minimum=0),
+        "skip_on_outage": _optional("boolean", "Mark the day SKIPPED_OUTAGE instead of failing"),
+    },
+)
+def premium_balance_daily():
+    @task
+    def plan_chunks() -> list:
+        """Plan the day's fetch: chunk descriptors (id ranges and counts only)."""
+        from premium.banking import tasks
+
+        return tasks.plan(get_current_context())
+
+    @task(pool=BANK_POOL, map_index_template="{{ chunk_label }}")
+    def fetch_balances(chunk: dict):
+        """Fetch and record the balances of one range of accounts."""
+        from premium.banking import tasks
+
+        return tasks.fetch(chunk, get_current_context())
+
+    @task(trigger_rule="all_done", outlets=[BALANCE_CHECKS], retries=1)
+    def record_run(chunks: list):
+        """Resolve every account of the day, close the run record, publish the asset."""
+        from premium.banking import tasks
+
+        return tasks.finish(chunks, get_current_context())
+
+    chunks = plan_chunks()
+    fetched = fetch_balances.expand(chunk=chunks)
+    fetched >> record_run(chunks)
+
+
+premium_balance_daily()

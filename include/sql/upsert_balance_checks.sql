@@ -1,0 +1,27 @@
+-- Move one flushed chunk of checks from the session's staging table into daily_balance_checks:
+-- exactly one row per account and date, latest values win; the account's failure row for the
+-- date (from an earlier attempt) goes, since it now has a check.
+WITH upserted AS (
+    INSERT INTO daily_balance_checks AS d (
+        account_id, check_date, customer_id, balance, currency, threshold, passes_threshold,
+        account_status, check_timestamp, correlation_id, banking_reference_id, recorded_at
+    )
+    SELECT account_id, %(check_date)s, customer_id, balance, currency, threshold, passes_threshold,
+           account_status, check_timestamp, correlation_id, banking_reference_id, now()
+    FROM staging_balance_checks
+    ON CONFLICT (account_id, check_date) DO UPDATE SET
+        customer_id = EXCLUDED.customer_id,
+        balance = EXCLUDED.balance,
+        currency = EXCLUDED.currency,
+        threshold = EXCLUDED.threshold,
+        passes_threshold = EXCLUDED.passes_threshold,
+        account_status = EXCLUDED.account_status,
+        check_timestamp = EXCLUDED.check_timestamp,
+        correlation_id = EXCLUDED.correlation_id,
+        banking_reference_id = EXCLUDED.banking_reference_id,
+        recorded_at = EXCLUDED.recorded_at
+    RETURNING account_id
+)
+DELETE FROM balance_check_failures f
+USING upserted u
+WHERE f.account_id = u.account_id AND f.check_date = %(check_date)s;

@@ -1,0 +1,8 @@
+"""Assets the project's DAGs produce and consume (names are contracts)."""
+
+from __future__ import annotations
+
+from airflow.sdk import Asset
+
+# Emitted when the balance checks of a date are recorded (extra: check_date, status, counts).
+BALANCE_CHECKS = Asset(name="daily_balance_checks", uri="premium://premium_db/daily_balance_checks")

@@ -1,0 +1,364 @@
+"""Async client of the core-banking balance API (§2.2-§2.5).
+
+``GET /api/v1/accounts/{accountId}/balance?asOfDate=…&asOfTime=…`` with ``X-Correlation-Id``,
+a per-request timeout, retries with exponential backoff (tenacity) on timeouts, connection
+errors, 408, 429, 500, 502, 503 and 504, and a circuit breaker (purgatory) that opens after
+``breaker_failures`` consecutive failures and lets a single probe through once its reset time has
+passed. Requests share one pooled keep-alive connector; the caller bounds how many are in flight.
+
+Outcomes per account are values, not exceptions (:class:`BalanceResult`): a 404, a 400 or a
+malformed body is recorded and the run goes on. Two conditions are exceptions, because they are
+about the bank rather than the account: :class:`BankAuthError` (401/403: fail loudly, never
+retry) and :class:`BreakerOpen` (the circuit is open: the caller decides whether to wait).
+
+Nothing here logs or raises with a balance, a name or a phone number in it; account ids are
+logged masked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import orjson
+from purgatory import AsyncCircuitBreakerFactory
+from purgatory.domain.model import OpenedState
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
+
+from premium.settings import BalanceSettings
+
+log = logging.getLogger(__name__)
+
+RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+AUTH_STATUSES = frozenset({401, 403})
+BREAKER_NAME = "core_banking"
+BreakerOpen = OpenedState  # raised by the breaker itself while it is open
+
+
+class BankAuthError(Exception):
+    """The bank refused our credentials (401/403): escalate, never retry."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"core banking refused the credentials (HTTP {status}); check connection core_banking")
+        self.status = status
+
+
+class _Retryable(Exception):
+    def __init__(self, status: int | None, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class BalanceResult:
+    """What the bank told us about one account for one date."""
+
+    account_id: str
+    outcome: str  # ok | not_found | invalid_request | invalid_response | failed_after_retries | unexpected_status
+    attempts: int
+    http_status: int | None = None
+    detail: str | None = None
+    customer_id: str | None = None
+    amount: Decimal | None = None
+    currency: str | None = None
+    account_status: str | None = None
+    check_timestamp: datetime | None = None
+    reference_id: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == "ok"
+
+
+@dataclass
+class ClientStats:
+    requests: int = 0
+    retries: int = 0
+    statuses: Counter = field(default_factory=Counter)
+    breaker_transitions: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class BankEndpoint:
+    """Where and how to reach the bank, built from the ``core_banking`` connection."""
+
+    base_url: str
+    headers: dict[str, str]
+    ssl_context: ssl.SSLContext | None = None
+    auth_type: str = "none"
+
+    @classmethod
+    def from_connection(cls, conn: Any) -> BankEndpoint:
+        """Connection fields: host, port, schema (http/https); password = API key or bearer token.
+
+        Extras: ``auth_type`` (api_key | bearer | mtls | none; inferred when absent),
+        ``client_cert``/``client_key``/``ca_cert`` (file paths, mTLS), ``tls_min_version``
+        ("1.3" default, "1.2" only for a bank that cannot do better), ``base_path``.
+        """
+        extra = conn.extra_dejson or {}
+        scheme = (conn.schema or ("https" if extra.get("client_cert") or extra.get("ca_cert") else "http")).lower()
+        if scheme not in ("http", "https"):
+            raise ValueError(f"core_banking connection schema must be http or https, not {scheme!r}")
+        host = conn.host or "127.0.0.1"
+        if "://" in host:  # host given as a URL
+            scheme, host = host.split("://", 1)
+        port = f":{conn.port}" if conn.port else ""
+        base_path = str(extra.get("base_path", "")).rstrip("/")
+        auth_type = extra.get("auth_type") or (
+            "mtls" if extra.get("client_cert") else ("api_key" if conn.password else "none")
+        )
+        headers: dict[str, str] = {"Accept": "application/json"}
+        if auth_type == "api_key":
+            headers["X-API-Key"] = _required_secret(conn, auth_type)
+        elif auth_type == "bearer":
+            headers["Authorization"] = f"Bearer {_required_secret(conn, auth_type)}"
+        elif auth_type not in ("mtls", "none"):
+            raise ValueError(f"unknown core_banking auth_type {auth_type!r} (api_key, bearer, mtls, none)")
+        ssl_context = None
+        if scheme == "https":
+            ssl_context = build_ssl_context(
+                ca_cert=extra.get("ca_cert"),
+                client_cert=extra.get("client_cert"),
+                client_key=extra.get("client_key"),
+                min_version=str(extra.get("tls_min_version", "1.3")),
+            )
+        elif auth_type == "mtls":
+            raise ValueError("core_banking auth_type mtls needs schema https")
+        return cls(f"{scheme}://{host}{port}{base_path}", headers, ssl_context, auth_type)
+
+
+def _required_secret(conn: Any, auth_type: str) -> str:
+    if not conn.password:
+        raise ValueError(f"core_banking auth_type {auth_type} needs the secret in the connection password")
+    return conn.password
+
+
+def build_ssl_context(
+    *, ca_cert: str | None, client_cert: str | None, client_key: str | None, min_version: str = "1.3"
+) -> ssl.SSLContext:
+    """Client TLS context: verified server (the bank's CA when given), TLS 1.3 minimum, optional client cert."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_cert)
+    versions = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+    if min_version not in versions:
+        raise ValueError(f"tls_min_version must be 1.2 or 1.3, not {min_version!r}")
+    ctx.minimum_version = versions[min_version]
+    if client_cert:
+        ctx.load_cert_chain(client_cert, client_key)
+    return ctx
+
+
+def mask_account(account_id: str) -> str:
+    """ACC-12345-67890 -> ACC-1****890: enough to correlate in logs, not to identify."""
+    return account_id[:5] + "****" + account_id[-3:] if len(account_id) > 8 else "****"
+
+
+class CoreBankingClient:
+    """One run's client: ``async with CoreBankingClient(...) as client: await client.get_balance(...)``."""
+
+    def __init__(
+        self, endpoint: BankEndpoint, settings: BalanceSettings, correlation_id: str, *, sleep=asyncio.sleep
+    ) -> None:
+        self.endpoint = endpoint
+        self.settings = settings
+        self.correlation_id = correlation_id
+        self.stats = ClientStats()
+        self._sleep = sleep
+        self._session: aiohttp.ClientSession | None = None
+        self._probe_lock = asyncio.Lock()
+        self._breakers = AsyncCircuitBreakerFactory(
+            default_threshold=settings.breaker_failures,
+            default_ttl=settings.breaker_reset_s,
+            exclude=[BankAuthError],
+        )
+        self._breakers.add_listener(self._on_breaker_event)
+        self._breaker = None
+        self._retrying = AsyncRetrying(
+            stop=stop_after_attempt(settings.max_retries + 1),
+            wait=lambda state: settings.backoff_s(state.attempt_number),
+            retry=retry_if_exception_type(_Retryable),
+            before_sleep=self._before_sleep,
+            sleep=sleep,
+            reraise=True,
+        )
+
+    async def __aenter__(self) -> CoreBankingClient:
+        connector = aiohttp.TCPConnector(
+            limit=self.settings.in_flight,
+            ssl=self.endpoint.ssl_context if self.endpoint.ssl_context is not None else False,
+            keepalive_timeout=60,
+            ttl_dns_cache=300,
+        )
+        self._session = aiohttp.ClientSession(
+            base_url=None,
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=self.settings.request_timeout_s),
+            headers={**self.endpoint.headers, "X-Correlation-Id": self.correlation_id},
+            json_serialize=lambda o: orjson.dumps(o).decode(),
+            raise_for_status=False,
+        )
+        self._breaker = await self._breakers.get_breaker(BREAKER_NAME)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # -- breaker -----------------------------------------------------------------------------
+
+    @property
+    def breaker_state(self) -> str:
+        return self._breaker.context.state if self._breaker else "closed"
+
+    def breaker_wait_s(self) -> float:
+        """Seconds until an open breaker lets a probe through (0 when not open)."""
+        ctx = self._breaker.context if self._breaker else None
+        if ctx is None or ctx.state != "opened" or ctx.opened_at is None:
+            return 0.0
+        return max(0.0, ctx.opened_at + ctx.ttl - time.time())
+
+    def _on_breaker_event(self, name: str, event_type: str, event: Any) -> None:
+        if event_type == "state_changed":
+            message = f"circuit breaker {name} -> {event.state}"
+            self.stats.breaker_transitions.append(event.state)
+            (log.warning if event.state != "closed" else log.info)("%s", message)
+
+    async def _guarded(self, account_id: str, as_of: date) -> BalanceResult | tuple[int, bytes]:
+        if self._breaker.context.state != "closed":
+            # Open or half-open: one probe at a time; the others wait for its verdict.
+            async with self._probe_lock:
+                async with self._breaker:
+                    return await self._request(account_id, as_of)
+        async with self._breaker:
+            return await self._request(account_id, as_of)
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def _before_sleep(self, state: Any) -> None:
+        self.stats.retries += 1
+        exc = state.outcome.exception() if state.outcome else None
+        log.debug(
+            "retry %d for account %s after %s; waiting %.3fs",
+            state.attempt_number,
+            mask_account(state.args[0]),
+            getattr(exc, "detail", exc),
+            state.upcoming_sleep,
+        )
+
+    async def _request(self, account_id: str, as_of: date) -> tuple[int, bytes]:
+        assert self._session is not None, "use the client as an async context manager"
+        url = f"{self.endpoint.base_url}/api/v1/accounts/{quote(account_id, safe='')}/balance"
+        params = {"asOfDate": as_of.isoformat(), "asOfTime": self.settings.as_of_time}
+        self.stats.requests += 1
+        try:
+            async with self._session.get(url, params=params) as resp:
+                body = await resp.read()
+                status = resp.status
+        except TimeoutError as exc:
+            self.stats.statuses["timeout"] += 1
+            raise _Retryable(None, f"timeout after {self.settings.request_timeout_s}s") from exc
+        except aiohttp.ClientError as exc:
+            self.stats.statuses["connection_error"] += 1
+            raise _Retryable(None, f"connection error: {type(exc).__name__}") from exc
+        self.stats.statuses[status] += 1
+        if status in RETRYABLE_STATUSES:
+            raise _Retryable(status, f"HTTP {status}")
+        if status in AUTH_STATUSES:
+            raise BankAuthError(status)
+        return status, body
+
+    async def get_balance(self, account_id: str, as_of: date) -> BalanceResult:
+        """The bank's answer for one account; raises only BankAuthError and BreakerOpen."""
+        retrying = self._retrying.copy()
+        try:
+            status, body = await retrying(self._guarded, account_id, as_of)
+        except _Retryable as exc:
+            return BalanceResult(
+                account_id,
+                "failed_after_retries",
+                retrying.statistics.get("attempt_number", self.settings.max_retries + 1),
+                exc.status,
+                exc.detail,
+            )
+        attempts = retrying.statistics.get("attempt_number", 1)
+        if status == 200:
+            return parse_balance(account_id, as_of, body, attempts)
+        if status == 404:
+            return BalanceResult(account_id, "not_found", attempts, 404, "account not found")
+        if status == 400:
+            return BalanceResult(account_id, "invalid_request", attempts, 400, _error_code(body))
+        return BalanceResult(account_id, "unexpected_status", attempts, status, _error_code(body))
+
+
+def _error_code(body: bytes) -> str:
+    try:
+        err = orjson.loads(body).get("error", {})
+        return f"{err.get('code', 'UNKNOWN')}: {str(err.get('message', ''))[:120]}"
+    except (orjson.JSONDecodeError, AttributeError):
+        return "non-JSON error body"
+
+
+def parse_balance(account_id: str, as_of: date, body: bytes, attempts: int = 1) -> BalanceResult:
+    """Validate a §2.2 success body; anything missing or inconsistent is an ``invalid_response``."""
+
+    def invalid(detail: str) -> BalanceResult:
+        return BalanceResult(account_id, "invalid_response", attempts, 200, detail)
+
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return invalid("body is not valid JSON")
+    if not isinstance(doc, dict):
+        return invalid("body is not a JSON object")
+    balance = doc.get("balance")
+    if not isinstance(balance, dict):
+        return invalid("missing balance object")
+    missing = [k for k in ("accountId", "customerId", "accountStatus", "timestamp", "referenceId") if not doc.get(k)]
+    missing += [f"balance.{k}" for k in ("amount", "currency", "asOfDate") if balance.get(k) in (None, "")]
+    if missing:
+        return invalid("missing fields: " + ", ".join(missing))
+    if doc["accountId"] != account_id:
+        return invalid("accountId in the body differs from the account requested")
+    if balance["asOfDate"] != as_of.isoformat():
+        return invalid(f"balance.asOfDate {balance['asOfDate']!r} differs from the date requested")
+    amount_raw = balance["amount"]
+    if isinstance(amount_raw, bool) or not isinstance(amount_raw, (int, float, str)):
+        return invalid("balance.amount is not a number")
+    try:
+        amount = Decimal(str(amount_raw))
+    except InvalidOperation:
+        return invalid("balance.amount is not a number")
+    if not amount.is_finite() or abs(amount) >= Decimal("1e16"):
+        return invalid("balance.amount is out of range")
+    currency = balance["currency"]
+    if not isinstance(currency, str) or not (3 <= len(currency) <= 4) or not currency.isalpha():
+        return invalid("balance.currency is not a currency code")
+    try:
+        timestamp = datetime.fromisoformat(str(doc["timestamp"]).replace("Z", "+00:00"))
+    except ValueError:
+        return invalid("timestamp is not ISO-8601")
+    if timestamp.tzinfo is None:
+        return invalid("timestamp has no time zone")
+    return BalanceResult(
+        account_id,
+        "ok",
+        attempts,
+        200,
+        None,
+        customer_id=str(doc["customerId"]),
+        amount=amount.quantize(Decimal("0.01")),
+        currency=currency.upper(),
+        account_status=str(doc["accountStatus"]).upper()[:32],
+        check_timestamp=timestamp,
+        reference_id=str(doc["referenceId"])[:64],
+    )

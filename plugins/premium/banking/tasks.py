@@ -1,0 +1,137 @@
+"""Task bodies of the fetch stage of ``premium_balance_daily`` (the DAG file only wires them).
+
+Each takes the Airflow context, resolves connections and settings, and hands plain values to
+:mod:`premium.banking.stage`. XCom carries chunk descriptors (id ranges and counts) only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+from airflow.sdk.exceptions import AirflowFailException
+
+from premium import runtime
+from premium.settings import BalanceSettings, load_balance
+
+log = logging.getLogger(__name__)
+
+BALANCE_PARAM_KEYS = tuple(f.name for f in dataclasses.fields(BalanceSettings) if f.name != "as_of_time")
+
+
+class BankOutageSkip(AirflowFailException):
+    """The day was skipped for a bank outage (§7.1); fails the run so that it shows and alerts."""
+
+    alert_kind = "bank_outage_day_skipped"
+
+
+class BankCredentialsRejected(AirflowFailException):
+    """401/403 from the bank: no retry can help; escalate."""
+
+    alert_kind = "bank_credentials_rejected"
+
+
+class AccountsNotReached(AirflowFailException):
+    alert_kind = "balance_accounts_not_reached"
+
+
+def _settings(context: Any) -> BalanceSettings:
+    return load_balance(runtime.run_overrides(context, BALANCE_PARAM_KEYS))
+
+
+def plan(context: Any) -> list[dict[str, Any]]:
+    from premium.banking.stage import plan_run
+    from premium.connections import premium_db_kwargs
+
+    check_date = runtime.as_of_date(context)
+    settings = _settings(context)
+    log.info("check date %s (from the run), threshold %s NIS", check_date, settings.threshold_nis)
+    descriptors = plan_run(premium_db_kwargs(), check_date, context["dag_run"].run_id, settings)
+    return [d.to_xcom() for d in descriptors]
+
+
+def fetch(chunk: dict[str, Any], context: Any) -> dict[str, Any]:
+    from premium.banking.client import BankAuthError, BankEndpoint
+    from premium.banking.stage import BankOutageError, ChunkDescriptor, correlation_id_for, fetch_chunk
+    from premium.connections import CORE_BANKING_CONN_ID, get_connection, premium_db_kwargs
+
+    descriptor = ChunkDescriptor.from_xcom(chunk)
+    context["chunk_label"] = descriptor.label
+    check_date = runtime.as_of_date(context)
+    settings = _settings(context)
+    correlation_id = correlation_id_for(context["dag_run"].run_id, check_date)
+    endpoint = BankEndpoint.from_connection(get_connection(CORE_BANKING_CONN_ID))
+    log.info(
+        "fetching %s for %s: ids %d..%d, %d in flight, timeout %ss, %d retries, correlation id %s",
+        descriptor.label,
+        check_date,
+        descriptor.id_lo,
+        descriptor.id_hi,
+        settings.in_flight,
+        settings.request_timeout_s,
+        settings.max_retries,
+        correlation_id,
+    )
+    try:
+        summary = fetch_chunk(premium_db_kwargs(), descriptor, check_date, settings, endpoint, correlation_id)
+    except BankAuthError as exc:
+        # 401/403: retrying cannot help; fail this task without retries and escalate (failure callback).
+        raise BankCredentialsRejected(str(exc)) from exc
+    except BankOutageError as exc:
+        # skip_on_outage is off: fail, and let the task's retries try again later.
+        raise RuntimeError(f"core banking outage and skip_on_outage is off: {exc}") from exc
+    return summary.as_dict()
+
+
+def finish(chunks: list[dict[str, Any]], context: Any) -> dict[str, Any]:
+    from premium.alerts import raise_alert
+    from premium.banking.stage import ChunkDescriptor, finish_run
+    from premium.connections import premium_db_kwargs
+
+    check_date = runtime.as_of_date(context)
+    descriptors = [ChunkDescriptor.from_xcom(c) for c in chunks or []]
+    outcome = finish_run(premium_db_kwargs(), check_date, descriptors)
+    log.info(
+        "balance checks of %s: %s - planned %d, checked %d (%d passing), skipped %d (not found %d, outage %d), "
+        "failed %d (not attempted %d)",
+        check_date,
+        outcome.status,
+        outcome.planned,
+        outcome.checked,
+        outcome.passing,
+        outcome.skipped + outcome.skipped_outage,
+        outcome.skipped,
+        outcome.skipped_outage,
+        outcome.failed + outcome.not_attempted,
+        outcome.not_attempted,
+    )
+    ids = {"dag_id": context["dag"].dag_id, "run_id": context["dag_run"].run_id}
+    if outcome.status == "SKIPPED_OUTAGE":
+        raise BankOutageSkip(
+            f"core banking unavailable past the outage threshold: {check_date} marked SKIPPED_OUTAGE "
+            f"({outcome.checked} accounts checked before the outage). Catch it up later with a backfill of {check_date}."
+        )
+    if outcome.status == "FAILED":
+        raise AccountsNotReached(
+            f"{outcome.not_attempted} accounts of {check_date} were not reached (a fetch task failed); "
+            "see the failed fetch_balances instance"
+        )
+    if outcome.status == "PARTIAL":
+        raise_alert(
+            "balance_checks_partial",
+            f"{check_date}: {outcome.failed} accounts failed after retries or answered invalidly",
+            severity="warning",
+            details=outcome.as_dict(),
+            **ids,
+        )
+    from premium.assets import BALANCE_CHECKS
+
+    context["outlet_events"][BALANCE_CHECKS].extra = {
+        "check_date": check_date.isoformat(),
+        "status": outcome.status,
+        "accounts_checked": outcome.checked,
+        "accounts_passing": outcome.passing,
+        "correlation_id": outcome.correlation_id,
+    }
+    return outcome.as_dict()

@@ -1,0 +1,243 @@
+"""PII protection: AES-256-GCM encryption of names and phone numbers, a keyed phone hash, key rotation.
+
+The keyring lives in the Airflow connection ``premium_pii_keys`` (extra JSON)::
+
+    {"current_key_id": "k2",
+     "keys": {"k1": "<base64 of 32 bytes>", "k2": "<base64 of 32 bytes>"},
+     "hash_key": "<base64 of >= 32 bytes>"}
+
+New ciphertexts are written with the current key; older keys stay in the ring until
+:func:`rotate_keys` has moved every row off them. A ciphertext is ``nonce (12 bytes) ||
+ciphertext || tag`` and is bound to its row and field by the associated data
+(:func:`aad_for`), so a blob copied to another customer or field does not decrypt.
+
+Nothing in this module logs or puts into an exception message a phone number, a name or any key
+material; errors name key ids only.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import logging
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import phonenumbers
+import psycopg
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from premium.connections import PII_KEYS_CONN_ID, get_connection
+
+log = logging.getLogger(__name__)
+
+KEY_BYTES = 32
+MIN_HASH_KEY_BYTES = 32
+NONCE_BYTES = 12
+TAG_BYTES = 16
+DEFAULT_PHONE_REGION = "IL"
+_KEY_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_NOT_PHONE_CHARS = re.compile(r"[^0-9]")
+
+
+class PiiKeyError(ValueError):
+    """The keyring configuration is missing or malformed (the message never contains key material)."""
+
+
+class PiiDecryptError(Exception):
+    """A ciphertext cannot be decrypted: unknown key id, wrong key, tampered blob or wrong AAD."""
+
+
+def aad_for(customer_id: str, field: str) -> bytes:
+    """Associated data binding a ciphertext to one customer row and one field."""
+    return f"customers/{customer_id}/{field}".encode()
+
+
+def normalise_phone_for_hash(phone: str) -> str:
+    """The canonical form of a phone number that is hashed.
+
+    E.164 when ``phonenumbers`` parses it (default region IL) as a possible number, so
+    ``050-1234567``, ``0501234567``, ``+972 50 123 4567`` and ``972501234567`` all give
+    ``+972501234567``; otherwise the digits, keeping a leading ``+``.
+    """
+    text = phone.strip()
+    try:
+        number = phonenumbers.parse(text, DEFAULT_PHONE_REGION)
+    except phonenumbers.NumberParseException:
+        number = None
+    if number is not None and phonenumbers.is_possible_number(number):
+        return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    digits = _NOT_PHONE_CHARS.sub("", text)
+    return f"+{digits}" if text.startswith("+") else digits
+
+
+def _b64_key(value: Any, what: str) -> bytes:
+    if not isinstance(value, str) or not value.strip():
+        raise PiiKeyError(f"{what} must be a non-empty base64 string")
+    try:
+        return base64.b64decode(value.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise PiiKeyError(f"{what} is not valid base64") from None
+
+
+@dataclass(frozen=True)
+class PiiKeyring:
+    """The encryption keys by id, the id new ciphertexts use, and the phone hash key."""
+
+    current_key_id: str
+    keys: Mapping[str, bytes] = field(repr=False)
+    hash_key: bytes = field(repr=False)
+    _ciphers: Mapping[str, AESGCM] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.current_key_id, str) or not _KEY_ID_RE.match(self.current_key_id):
+            raise PiiKeyError("current_key_id must be 1-64 characters of letters, digits, '.', '_' or '-'")
+        if not isinstance(self.keys, Mapping) or not self.keys:
+            raise PiiKeyError("keys must be a non-empty mapping of key id to key")
+        for key_id, key in self.keys.items():
+            if not isinstance(key_id, str) or not _KEY_ID_RE.match(key_id):
+                raise PiiKeyError("key ids must be 1-64 characters of letters, digits, '.', '_' or '-'")
+            if not isinstance(key, bytes) or len(key) != KEY_BYTES:
+                raise PiiKeyError(f"key {key_id!r} must be exactly {KEY_BYTES} bytes")
+        if self.current_key_id not in self.keys:
+            raise PiiKeyError(f"current_key_id {self.current_key_id!r} is not among the keys")
+        if not isinstance(self.hash_key, bytes) or len(self.hash_key) < MIN_HASH_KEY_BYTES:
+            raise PiiKeyError(f"hash_key must be at least {MIN_HASH_KEY_BYTES} bytes")
+        keys = MappingProxyType(dict(self.keys))
+        object.__setattr__(self, "keys", keys)
+        object.__setattr__(self, "_ciphers", MappingProxyType({k: AESGCM(v) for k, v in keys.items()}))
+
+    @classmethod
+    def from_extra(cls, extra: Mapping[str, Any]) -> PiiKeyring:
+        """Parse the ``premium_pii_keys`` connection extra (keys base64-encoded)."""
+        if not isinstance(extra, Mapping):
+            raise PiiKeyError("the PII keyring must be a JSON object")
+        missing = [name for name in ("current_key_id", "keys", "hash_key") if name not in extra]
+        if missing:
+            raise PiiKeyError(f"the PII keyring lacks {', '.join(missing)}")
+        raw_keys = extra["keys"]
+        if not isinstance(raw_keys, Mapping) or not raw_keys:
+            raise PiiKeyError("keys must be a non-empty object of key id to base64 key")
+        keys = {str(key_id): _b64_key(value, f"key {str(key_id)!r}") for key_id, value in raw_keys.items()}
+        return cls(
+            current_key_id=extra["current_key_id"],
+            keys=keys,
+            hash_key=_b64_key(extra["hash_key"], "hash_key"),
+        )
+
+    @classmethod
+    def from_connection(cls, conn_id: str = PII_KEYS_CONN_ID) -> PiiKeyring:
+        """The keyring of an Airflow connection (env var, metadata DB or secrets backend)."""
+        try:
+            extra = get_connection(conn_id).extra_dejson
+        except Exception as exc:  # noqa: BLE001 - the lookup's errors depend on the secrets backend
+            raise PiiKeyError(f"cannot read the PII keyring connection {conn_id!r}: {type(exc).__name__}") from exc
+        try:
+            return cls.from_extra(extra or {})
+        except PiiKeyError as exc:
+            raise PiiKeyError(f"connection {conn_id!r}: {exc}") from None
+
+    @staticmethod
+    def generate_extra(key_id: str = "k1") -> dict[str, Any]:
+        """A fresh connection extra with random keys (see :func:`generate_extra`)."""
+        return generate_extra(key_id)
+
+    def encrypt(self, plaintext: str, aad: bytes) -> tuple[str, bytes]:
+        """Encrypt with the current key: ``(key_id, nonce || ciphertext || tag)``."""
+        nonce = os.urandom(NONCE_BYTES)
+        return self.current_key_id, nonce + self._ciphers[self.current_key_id].encrypt(nonce, plaintext.encode(), aad)
+
+    def decrypt(self, blob: bytes, key_id: str, aad: bytes) -> str:
+        """Decrypt a blob written with ``key_id`` for ``aad``; :class:`PiiDecryptError` if impossible."""
+        cipher = self._ciphers.get(key_id)
+        if cipher is None:
+            raise PiiDecryptError(f"PII key {key_id!r} is not in the keyring")
+        data = bytes(blob)
+        if len(data) < NONCE_BYTES + TAG_BYTES:
+            raise PiiDecryptError(f"ciphertext for key {key_id!r} is truncated")
+        try:
+            plain = cipher.decrypt(data[:NONCE_BYTES], data[NONCE_BYTES:], aad)
+        except InvalidTag:
+            raise PiiDecryptError(
+                f"ciphertext does not authenticate with key {key_id!r} (wrong key, row/field or tampered)"
+            ) from None
+        return plain.decode()
+
+    def phone_hash(self, phone: str) -> bytes:
+        """HMAC-SHA256 (hash_key) of :func:`normalise_phone_for_hash`; equal for every format of a number."""
+        return hmac.new(self.hash_key, normalise_phone_for_hash(phone).encode(), hashlib.sha256).digest()
+
+
+def generate_extra(key_id: str = "k1") -> dict[str, Any]:
+    """A connection extra with a fresh random encryption key ``key_id`` and hash key (first run of the demo)."""
+    if not _KEY_ID_RE.match(key_id):
+        raise PiiKeyError("key id must be 1-64 characters of letters, digits, '.', '_' or '-'")
+    return {
+        "current_key_id": key_id,
+        "keys": {key_id: base64.b64encode(os.urandom(KEY_BYTES)).decode()},
+        "hash_key": base64.b64encode(os.urandom(MIN_HASH_KEY_BYTES)).decode(),
+    }
+
+
+_ROTATE_SELECT = """
+SELECT id, customer_id, first_name_enc, phone_enc, pii_key_id
+FROM customers
+WHERE pii_key_id <> %(current)s AND id > %(after)s
+ORDER BY id
+LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED
+"""
+
+_ROTATE_UPDATE = """
+UPDATE customers AS c
+SET first_name_enc = u.first_name_enc, phone_enc = u.phone_enc, pii_key_id = %(key_id)s
+FROM unnest(%(ids)s::bigint[], %(names)s::bytea[], %(phones)s::bytea[]) AS u(id, first_name_enc, phone_enc)
+WHERE c.id = u.id
+"""
+
+
+def rotate_keys(conn: psycopg.Connection, keyring: PiiKeyring, batch_size: int = 1000) -> int:
+    """Re-encrypt every customer row not under the current key; the number of rows moved.
+
+    Batches of ``batch_size`` rows in ``id`` order, each in its own transaction (commit per batch
+    needs an autocommit connection, or one with no transaction open), rows locked with ``FOR
+    UPDATE SKIP LOCKED`` so loads and readers keep working. Rows locked by someone else are left
+    for the next call. ``updated_at`` is not touched (the customer's data does not change).
+    Idempotent: a second call moves nothing. Raises :class:`PiiDecryptError` for a row whose key
+    is not in the keyring (that batch is rolled back; earlier batches stay committed).
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be positive")
+    current = keyring.current_key_id
+    moved = 0
+    after = 0
+    while True:
+        with conn.transaction(), conn.cursor() as cur:
+            cur.execute(_ROTATE_SELECT, {"current": current, "after": after, "limit": batch_size})
+            rows = cur.fetchall()
+            if not rows:
+                break
+            ids: list[int] = []
+            names: list[bytes] = []
+            phones: list[bytes] = []
+            for row_id, customer_id, name_enc, phone_enc, key_id in rows:
+                name_aad = aad_for(customer_id, "first_name")
+                phone_aad = aad_for(customer_id, "phone_number")
+                ids.append(row_id)
+                names.append(keyring.encrypt(keyring.decrypt(name_enc, key_id, name_aad), name_aad)[1])
+                phones.append(keyring.encrypt(keyring.decrypt(phone_enc, key_id, phone_aad), phone_aad)[1])
+            cur.execute(_ROTATE_UPDATE, {"key_id": current, "ids": ids, "names": names, "phones": phones})
+            moved += len(rows)
+            after = ids[-1]
+        log.info("PII key rotation: %d rows moved to key %s so far", moved, current)
+        if len(rows) < batch_size:
+            break
+    log.info("PII key rotation done: %d rows moved to key %s", moved, current)
+    return moved
