@@ -53,7 +53,7 @@ class BalanceSettings:
         _check_range("in_flight", self.in_flight, 1, 1_000)
         _check_range("max_mapped_tasks", self.max_mapped_tasks, 1, 512)
         _check_range("max_retries", self.max_retries, 0, 10)
-        _check_range("breaker_failures", self.breaker_failures, 1, 1_000)
+        _check_range("breaker_failures", self.breaker_failures, 1, 1_000_000)
         _check_range("request_timeout_s", self.request_timeout_s, 0.001, 300)
         _check_range("breaker_reset_s", self.breaker_reset_s, 0.001, 3_600)
         _check_range("outage_threshold_s", self.outage_threshold_s, 0, 86_400)

@@ -267,7 +267,9 @@ def test_crash_mid_load_rolls_everything_back(
     assert report.inserted == 60 and report.updated + report.unchanged == 40
 
 
-def test_crash_in_non_autocommit_connection(app_db: dict, keyring: PiiKeyring, tmp_path: Path, monkeypatch) -> None:
+def test_crash_in_non_autocommit_connection(
+    app_db: dict, keyring: PiiKeyring, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from tests.support.db import truncate_all
 
     truncate_all(app_db)

@@ -91,7 +91,9 @@ def test_population_rates(population) -> None:
         counts[facts.currency] += 1
         counts[facts.account_status] += 1
         a = facts.amount
-        counts["above" if a > THRESHOLD * Decimal("1.1") else "below" if a < THRESHOLD * Decimal("0.9") else "near"] += 1
+        counts[
+            "above" if a > THRESHOLD * Decimal("1.1") else "below" if a < THRESHOLD * Decimal("0.9") else "near"
+        ] += 1
     existing = N_ACCOUNTS - counts["missing"]
     assert 0.003 < counts["missing"] / N_ACCOUNTS < 0.008
     assert 0.003 < counts["USD"] / existing < 0.008

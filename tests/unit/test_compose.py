@@ -291,7 +291,11 @@ def test_airflow_services_wait_for_init_and_postgres_only(config: dict) -> None:
 def test_init_migrates_and_creates_pools(config: dict) -> None:
     init = config["services"]["airflow-init"]
     script = "\n".join(init["command"]) if isinstance(init["command"], list) else init["command"]
-    steps = ["airflow db migrate", "airflow pools import /opt/airflow/deploy/pools.json", "python -m premium.cli migrate"]
+    steps = [
+        "airflow db migrate",
+        "airflow pools import /opt/airflow/deploy/pools.json",
+        "python -m premium.cli migrate",
+    ]
     positions = [script.find(step) for step in steps]
     assert all(p >= 0 for p in positions), dict(zip(steps, positions, strict=True))
     assert positions == sorted(positions), "metadata DB first, then pools, then the application schema"

@@ -1,0 +1,59 @@
+# Premium Customer Notification System — the two commands are `make demo` and `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PYTHON ?= python3.11
+UV_VERSION ?= 0.13.8
+VENV := .venv
+PY := $(VENV)/bin/python
+export PYTHONPATH := $(CURDIR)/plugins
+
+.PHONY: help venv tools demo test lint unit integration e2e bench compose-check clean
+
+help:
+	@echo "make demo   - the whole flow end to end (simulators, Airflow, PostgreSQL) with a summary"
+	@echo "make test   - ruff (with AIR rules) and the whole pytest suite against real PostgreSQL"
+	@echo "make bench  - fetch-stage benchmark (BENCH_ACCOUNTS=100000 by default)"
+
+$(VENV)/.installed: requirements.txt
+	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet "uv==$(UV_VERSION)"
+	@test -x $(PY) || uv venv --quiet -p $(PYTHON) $(VENV)
+	uv pip install --quiet -p $(PY) -r requirements.txt
+	@touch $@
+
+venv: $(VENV)/.installed
+
+# The compose file check needs Debian's docker-compose (offline `config`); no Docker engine is used.
+tools:
+	@command -v docker-compose >/dev/null 2>&1 || { \
+		echo "installing docker-compose (Debian package) for the compose file check"; \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null; }
+
+demo: venv
+	@bash scripts/demo.sh
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: venv tools lint
+	@$(PY) -m premium.cli check-postgres
+	$(PY) -m pytest -p no:cacheprovider -q $(PYTEST_ARGS)
+
+unit: venv
+	$(PY) -m pytest -q tests/unit
+
+integration: venv
+	$(PY) -m pytest -q tests/integration
+
+e2e: venv
+	$(PY) -m pytest -q tests/e2e
+
+bench: venv
+	$(PY) bench/bench_fetch.py $(BENCH_ARGS)
+
+compose-check: tools
+	docker-compose -f docker-compose.yaml config -q
+
+clean:
+	rm -rf .run .airflow/test .pytest_cache

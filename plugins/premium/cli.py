@@ -1,0 +1,196 @@
+"""Operator commands: ``python -m premium.cli <command>`` (PYTHONPATH=plugins; the Makefile sets it).
+
+check-postgres          fail at once, clearly, when PostgreSQL is not reachable
+create-databases        create the Airflow metadata DB and the application DB if missing
+migrate                 apply the application schema migrations (connection premium_db)
+gen-pii-keys            print a fresh premium_pii_keys connection extra (JSON) for a new deployment
+gen-customers           write a deterministic synthetic customer CSV
+load-customers FILE     validate and upsert customers from a CSV (all-or-nothing on a crash)
+rotate-pii-keys         re-encrypt customer PII under the keyring's current key
+balance-summary         the run record of a check date, for humans (or --json)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import sys
+from datetime import date
+from pathlib import Path
+
+
+def _check_postgres(args: argparse.Namespace) -> int:
+    try:
+        with socket.create_connection((args.host, args.port), timeout=3):
+            pass
+    except OSError as exc:
+        print(
+            f"PostgreSQL is not reachable at {args.host}:{args.port} ({exc}). Every machine of this project runs it; "
+            "start it with `pg_ctlcluster --skip-systemctl-redirect 15 main start`.",
+            file=sys.stderr,
+        )
+        return 3
+    return 0
+
+
+def _create_databases(args: argparse.Namespace) -> int:
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(host=args.host, port=args.port, user=args.user, dbname="postgres", autocommit=True) as conn:
+        for name in args.names:
+            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+                print(f"created database {name}")
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from premium import migrations
+    from premium.connections import premium_db_kwargs
+
+    conninfo = premium_db_kwargs()
+    migrations.upgrade(conninfo)
+    print(f"application schema at {migrations.current(conninfo)} in database {conninfo['dbname']}")
+    return 0
+
+
+def _gen_pii_keys(args: argparse.Namespace) -> int:
+    from premium.crypto import generate_extra
+
+    print(json.dumps({"conn_type": "generic", "extra": generate_extra(args.key_id)}))
+    return 0
+
+
+def _gen_customers(args: argparse.Namespace) -> int:
+    from premium.synthetic import write_csv
+
+    path = write_csv(Path(args.out), args.count, args.seed)
+    print(f"wrote {args.count} synthetic customers (seed {args.seed}) to {path}")
+    return 0
+
+
+def _load_customers(args: argparse.Namespace) -> int:
+    from premium.crypto import PiiKeyring
+    from premium.customers import CustomerFileError, load_customers_csv
+    from premium.db import connect
+
+    keyring = PiiKeyring.from_connection()
+    try:
+        with connect() as conn:
+            report = load_customers_csv(Path(args.file), conn, keyring)
+    except (CustomerFileError, FileNotFoundError) as exc:
+        print(f"nothing loaded: {exc}", file=sys.stderr)
+        return 2
+    for rejection in report.rejected[: args.show_rejections]:
+        who = f" customer {rejection.customer_id}" if rejection.customer_id else ""
+        print(f"  line {rejection.line}{who}: {rejection.reason}")
+    if len(report.rejected) > args.show_rejections:
+        print(f"  … and {len(report.rejected) - args.show_rejections} more rejected rows")
+    print(report.summary())
+    return 1 if (args.strict and report.rejected) else 0
+
+
+def _rotate(args: argparse.Namespace) -> int:
+    from premium.crypto import PiiKeyring, rotate_keys
+    from premium.db import connect
+
+    keyring = PiiKeyring.from_connection()
+    with connect() as conn:
+        moved = rotate_keys(conn, keyring, batch_size=args.batch_size)
+    print(f"re-encrypted {moved} customers under key {keyring.current_key_id}")
+    return 0
+
+
+def _balance_summary(args: argparse.Namespace) -> int:
+    from premium.db import connect
+
+    with connect() as conn:
+        row = conn.execute(
+            """
+            SELECT status, accounts_planned, accounts_checked, accounts_passing, accounts_skipped, accounts_failed,
+                   chunks, mapped_tasks, correlation_id, started_at, finished_at,
+                   extract(epoch FROM finished_at - started_at)
+            FROM balance_check_runs WHERE check_date = %s
+            """,
+            (args.date,),
+        ).fetchone()
+        reasons = conn.execute(
+            "SELECT reason, count(*) FROM balance_check_failures WHERE check_date = %s GROUP BY reason ORDER BY 1",
+            (args.date,),
+        ).fetchall()
+    if row is None:
+        print(f"no balance check run recorded for {args.date}", file=sys.stderr)
+        return 1
+    keys = ["status", "planned", "checked", "passing", "skipped", "failed", "chunks", "fetch_tasks", "correlation_id"]
+    data = dict(zip(keys, row[:9], strict=True))
+    data["duration_s"] = round(float(row[11]), 1) if row[11] is not None else None
+    data["reasons"] = dict(reasons)
+    if args.json:
+        print(json.dumps({"check_date": args.date.isoformat(), **data}, default=str))
+        return 0
+    print(f"Balance checks for {args.date} — {data['status']}")
+    print(f"  accounts planned   {data['planned']:>8}   ({data['chunks']} chunks, {data['fetch_tasks']} fetch tasks)")
+    print(f"  checked            {data['checked'] or 0:>8}")
+    print(f"    passing 15k NIS  {data['passing'] or 0:>8}")
+    print(f"  skipped            {data['skipped'] or 0:>8}")
+    print(f"  failed             {data['failed'] or 0:>8}")
+    for reason, count in data["reasons"].items():
+        print(f"    {reason:<17}{count:>8}")
+    print(f"  duration           {data['duration_s']:>8} s   correlation id {data['correlation_id']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m premium.cli", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("check-postgres")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=5432)
+    p.set_defaults(func=_check_postgres)
+
+    p = sub.add_parser("create-databases")
+    p.add_argument("names", nargs="+")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=5432)
+    p.add_argument("--user", default="postgres")
+    p.set_defaults(func=_create_databases)
+
+    sub.add_parser("migrate").set_defaults(func=_migrate)
+
+    p = sub.add_parser("gen-pii-keys")
+    p.add_argument("--key-id", default=f"k{date.today():%Y%m}")
+    p.set_defaults(func=_gen_pii_keys)
+
+    p = sub.add_parser("gen-customers")
+    p.add_argument("--count", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=20251118)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_gen_customers)
+
+    p = sub.add_parser("load-customers")
+    p.add_argument("file")
+    p.add_argument("--strict", action="store_true", help="exit 1 when any row is rejected")
+    p.add_argument("--show-rejections", type=int, default=20)
+    p.set_defaults(func=_load_customers)
+
+    p = sub.add_parser("rotate-pii-keys")
+    p.add_argument("--batch-size", type=int, default=1000)
+    p.set_defaults(func=_rotate)
+
+    p = sub.add_parser("balance-summary")
+    p.add_argument("--date", type=date.fromisoformat, required=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_balance_summary)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
