@@ -42,7 +42,8 @@ if ! "$AIRFLOW" dags test premium_balance_daily "${DEMO_DATE}T22:00:00+02:00" > 
     echo "premium_balance_daily failed; full log in $LOG" >&2
     exit 1
 fi
-grep -E "planned|done:|balance checks of" "$LOG" | sed -E 's/^.*\] //; s/ +\[[a-z._]+\].*$//' | cut -c1-160 || true
+grep -E "\] (planned|fetching|wrote chunk|.* done:|balance checks of|PREMIUM_ALERT)" "$LOG" \
+    | sed -E 's/^[^ ]+ \[[a-z ]+\] //; s/ \[[a-z_.]+\] loc=.*$//' | cut -c1-170 || true
 
 step "Summary"
 "$PY" -m premium.cli balance-summary --date "$DEMO_DATE"

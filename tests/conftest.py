@@ -47,3 +47,31 @@ def db(app_db: dict):
     truncate_all(app_db)
     with psycopg.connect(**app_db, autocommit=True) as conn:
         yield conn
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> None:
+    """Airflow's own metadata DB for dag.test(), migrated (idempotent, a few seconds when current)."""
+    from tests.support.airflow import migrate_airflow_db
+
+    migrate_airflow_db()
+
+
+@pytest.fixture(scope="session")
+def bank_sim():
+    """The core-banking simulator (API-key auth) for the whole session."""
+    from premium.simulators.runner import SimulatorProcess
+
+    with SimulatorProcess(
+        args=["--auth", "api_key", "--secret-env", "BANK_SIM_SECRET"],
+        env={"BANK_SIM_SECRET": env.TEST_BANK_API_KEY},
+    ) as sim:
+        yield sim
+
+
+@pytest.fixture
+def bank(bank_sim):
+    """The simulator with no faults and fresh statistics."""
+    bank_sim.set_faults({})
+    bank_sim.reset()
+    return bank_sim

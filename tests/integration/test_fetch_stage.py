@@ -12,7 +12,6 @@ import pytest
 from premium.banking import stage
 from premium.banking.client import BankAuthError
 from premium.settings import BalanceSettings
-from premium.simulators.runner import SimulatorProcess
 from tests.support import env
 from tests.support.bank import endpoint_for, expected_outcomes, load_synthetic_customers, recorded_outcomes
 
@@ -20,22 +19,6 @@ pytestmark = pytest.mark.integration
 
 DAY = date(2025, 11, 18)
 RUN_ID = "manual__test"
-
-
-@pytest.fixture(scope="module")
-def bank_sim():
-    with SimulatorProcess(
-        args=["--auth", "api_key", "--secret-env", "BANK_SIM_SECRET"],
-        env={"BANK_SIM_SECRET": env.TEST_BANK_API_KEY},
-    ) as sim:
-        yield sim
-
-
-@pytest.fixture
-def bank(bank_sim):
-    bank_sim.set_faults({})
-    bank_sim.reset()
-    return bank_sim
 
 
 @pytest.fixture
@@ -61,9 +44,7 @@ def fast(**kw) -> BalanceSettings:
 def run_day(conninfo, sim, settings, day=DAY, run_id=RUN_ID, api_key=env.TEST_BANK_API_KEY):
     descriptors = stage.plan_run(conninfo, day, run_id, settings)
     corr = stage.correlation_id_for(run_id, day)
-    summaries = [
-        stage.fetch_chunk(conninfo, d, day, settings, endpoint_for(sim, api_key), corr) for d in descriptors
-    ]
+    summaries = [stage.fetch_chunk(conninfo, d, day, settings, endpoint_for(sim, api_key), corr) for d in descriptors]
     return descriptors, summaries, stage.finish_run(conninfo, day, descriptors)
 
 
@@ -146,9 +127,7 @@ def test_401_fails_loudly_without_retries(customers, bank) -> None:
     settings = fast()
     descriptors = stage.plan_run(customers, DAY, RUN_ID, settings)
     with pytest.raises(BankAuthError):
-        stage.fetch_chunk(
-            customers, descriptors[0], DAY, settings, endpoint_for(bank, "wrong-key"), "corr-x"
-        )
+        stage.fetch_chunk(customers, descriptors[0], DAY, settings, endpoint_for(bank, "wrong-key"), "corr-x")
     stats = bank.stats()
     assert stats["by_status"].get("401", 0) <= settings.in_flight  # in-flight ones only, never retried
     outcome = stage.finish_run(customers, DAY, descriptors)

@@ -402,9 +402,10 @@ async def fetch_range(
                 passing = sum(1 for _, r in batch if r.ok and writer.passes(r))
                 summary.passing += passing
                 log.info(
-                    "chunk %d of %s: %d accounts -> %d checked (%d passing), %d not found, %d failed; "
+                    "wrote chunk %d/%d of %s: %d accounts -> %d checked (%d passing), %d not found, %d failed; "
                     "fetched in %.2fs, written in %.2fs; retries so far %d, breaker %s",
                     summary.chunks_written,
+                    descriptor.chunks,
                     descriptor.label,
                     len(batch),
                     counts["ok"],
