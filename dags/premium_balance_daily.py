@@ -15,10 +15,23 @@ a backfill of 2025-11-03 checks balances as of 2025-11-03. Never the wall clock.
   `daily_balance_checks` and `balance_check_failures` in bulk.
 - `record_run` (always runs): gives every unresolved account a reason, closes the run record
   (COMPLETE / PARTIAL / SKIPPED_OUTAGE / FAILED) and publishes the `daily_balance_checks` asset.
+- `qualify_customers`: qualification in SQL (`include/sql/qualify_customers.sql`) into
+  `qualification_outcomes` (qualified, or the first reason why not), then every qualified
+  message rendered to record template, encoding and segments; fails before anything is sent
+  when a template can exceed `sms_max_segments`.
+- `plan_send`: SEND, DRY_RUN (param `dry_run`) or LATE_NO_SEND (check date older than
+  `sms_max_lag_days`: a backfill or a late rerun records qualification and sends nothing); the
+  send window opens at `sms_send_time` on D + `sms_send_offset_days`, skipping `sms_no_send_days`.
+- `wait_for_send_window`: deferrable wait (no worker slot held) until the window opens.
+- `submit_sms_batches`: the outbox (one notification per customer and campaign), deterministic
+  message and batch ids, batches of `sms_batch_size` POSTed to `sms_carrier`, failover to
+  `sms_carrier_secondary` when configured, otherwise buffering; publishes `sms_submissions`.
 
-**Connections**: `core_banking` (base URL; API key, bearer token or mTLS), `premium_db`.
-**Settings**: Variable `premium_settings` (`{"balance": {...}}`); the params below override
-them for one run (leave null to keep the deployment's value).
+**Connections**: `core_banking` (base URL; API key, bearer token or mTLS), `premium_db`,
+`premium_pii_keys`, `sms_carrier` (Bearer API key), `sms_carrier_secondary` (optional).
+**Settings**: Variable `premium_settings` (`{"balance": {...}, "sms": {...}}`); the params
+below override them for one run (leave null to keep the deployment's value; SMS settings are
+prefixed `sms_`).
 **Alerts**: a 401 from the bank, a day skipped for an outage and failed tasks go through
 `premium.alerts` (table `alerts`, log marker `PREMIUM_ALERT`).
 """
@@ -28,10 +41,11 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import CronTriggerTimetable, Param, dag, get_current_context, task
+from airflow.providers.standard.sensors.date_time import DateTimeSensorAsync
+from airflow.sdk import CronTriggerTimetable, Param, chain, dag, get_current_context, task
 
 from premium.alerts import task_failure_alert
-from premium.assets import BALANCE_CHECKS
+from premium.assets import BALANCE_CHECKS, SMS_SUBMISSIONS
 
 BANK_POOL = "core_banking_api"
 
@@ -66,6 +80,22 @@ def _optional(kind: str, description: str, **schema) -> Param:
         "breaker_reset_s": _optional("number", "Seconds the breaker stays open", exclusiveMinimum=0),
         "outage_threshold_s": _optional("number", "Unavailability that makes the day an outage, seconds", minimum=0),
         "skip_on_outage": _optional("boolean", "Mark the day SKIPPED_OUTAGE instead of failing"),
+        "dry_run": Param(False, type="boolean", description="Qualify and render everything, send nothing"),
+        "sms_window_days": _optional("integer", "Qualification window W in days", minimum=1),
+        "sms_min_passing_checks": _optional("integer", "Passing checks needed in W", minimum=1),
+        "sms_batch_size": _optional("integer", "Messages per carrier batch", minimum=500, maximum=1000),
+        "sms_max_segments": _optional("integer", "Segment limit per message", minimum=1),
+        "sms_send_time": _optional("string", "Send window opens at HH:MM:SS Asia/Jerusalem"),
+        "sms_send_offset_days": _optional("integer", "Window opens on D + offset days", minimum=0),
+        "sms_no_send_days": _optional("string", "Comma-separated weekdays without sending (saturday)"),
+        "sms_max_lag_days": _optional("integer", "Older check dates send nothing", minimum=0),
+        "sms_callback_url": _optional("string", "Delivery callback URL given to the carrier"),
+        "sms_request_timeout_s": _optional("number", "Carrier request timeout, seconds", exclusiveMinimum=0),
+        "sms_post_retries": _optional("integer", "Retries of one batch POST", minimum=0),
+        "sms_backoff_multiplier_s": _optional("number", "Carrier backoff multiplier, seconds", minimum=0),
+        "sms_breaker_failures": _optional("integer", "Failures that open a carrier breaker", minimum=1),
+        "sms_breaker_reset_s": _optional("number", "Seconds a carrier breaker stays open", exclusiveMinimum=0),
+        "sms_failover_failure_rate": _optional("number", "Primary failure rate that triggers failover", minimum=0),
     },
 )
 def premium_balance_daily():
@@ -90,9 +120,37 @@ def premium_balance_daily():
 
         return tasks.finish(chunks, get_current_context())
 
+    @task
+    def qualify_customers():
+        """Qualify every customer for the check date in SQL; render the qualified messages."""
+        from premium.sms import tasks
+
+        return tasks.qualify(get_current_context())
+
+    @task
+    def plan_send() -> str:
+        """Decide SEND / DRY_RUN / LATE_NO_SEND and the moment the send window opens."""
+        from premium.sms import tasks
+
+        return tasks.plan_send(get_current_context())
+
+    wait_for_send_window = DateTimeSensorAsync(
+        task_id="wait_for_send_window",
+        target_time="{{ ti.xcom_pull(task_ids='plan_send') }}",
+    )
+
+    @task(outlets=[SMS_SUBMISSIONS], retries=3, retry_delay=timedelta(minutes=10))
+    def submit_sms_batches():
+        """Write the outbox and submit its batches to the carrier (exactly once)."""
+        from premium.sms import tasks
+
+        return tasks.submit(get_current_context())
+
     chunks = plan_chunks()
     fetched = fetch_balances.expand(chunk=chunks)
-    fetched >> record_run(chunks)
+    recorded = record_run(chunks)
+    fetched >> recorded
+    chain(recorded, qualify_customers(), plan_send(), wait_for_send_window, submit_sms_batches())
 
 
 premium_balance_daily()

@@ -6,3 +6,6 @@ from airflow.sdk import Asset
 
 # Emitted when the balance checks of a date are recorded (extra: check_date, status, counts).
 BALANCE_CHECKS = Asset(name="daily_balance_checks", uri="premium://premium_db/daily_balance_checks")
+
+# Emitted when a submission finishes (extra: campaign_id, check_date, batch_ids, counts).
+SMS_SUBMISSIONS = Asset(name="sms_submissions", uri="premium://premium_db/sms_submissions")

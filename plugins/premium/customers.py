@@ -24,6 +24,7 @@ import psycopg
 
 from premium.crypto import PiiKeyring, aad_for
 from premium.identifiers import ACCOUNT_ID_RE, CUSTOMER_ID_RE
+from premium.sms.phones import is_valid_mobile
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +230,7 @@ def _parse_file(path: Path, report: LoadReport) -> list[_Row]:
 
 
 _EXISTING_SQL = """
-SELECT customer_id, account_id, first_name_enc, phone_enc, pii_key_id, language, status, sms_consent
+SELECT customer_id, account_id, first_name_enc, phone_enc, pii_key_id, language, status, sms_consent, phone_valid
 FROM customers WHERE customer_id = ANY(%s)
 """
 _ACCOUNT_OWNERS_SQL = "SELECT account_id, customer_id FROM customers WHERE account_id = ANY(%s)"
@@ -237,20 +238,20 @@ _STAGE_SQL = """
 CREATE TEMPORARY TABLE premium_customers_load (
     customer_id text NOT NULL, account_id text NOT NULL, first_name_enc bytea NOT NULL,
     phone_enc bytea NOT NULL, phone_hash bytea NOT NULL, pii_key_id text NOT NULL,
-    language text NOT NULL, status text NOT NULL, sms_consent boolean NOT NULL
+    language text NOT NULL, status text NOT NULL, sms_consent boolean NOT NULL, phone_valid boolean NOT NULL
 ) ON COMMIT DROP
 """
 _COPY_SQL = (
     "COPY premium_customers_load (customer_id, account_id, first_name_enc, phone_enc, phone_hash, "
-    "pii_key_id, language, status, sms_consent) FROM STDIN (FORMAT BINARY)"
+    "pii_key_id, language, status, sms_consent, phone_valid) FROM STDIN (FORMAT BINARY)"
 )
-_COPY_TYPES = ("text", "text", "bytea", "bytea", "bytea", "text", "text", "text", "bool")
+_COPY_TYPES = ("text", "text", "bytea", "bytea", "bytea", "text", "text", "text", "bool", "bool")
 _UPSERT_SQL = """
 WITH upserted AS (
     INSERT INTO customers AS c (customer_id, account_id, first_name_enc, phone_enc, phone_hash, pii_key_id,
-                                language, status, sms_consent, sms_consent_at)
+                                language, status, sms_consent, sms_consent_at, phone_valid)
     SELECT customer_id, account_id, first_name_enc, phone_enc, phone_hash, pii_key_id,
-           language, status, sms_consent, CASE WHEN sms_consent THEN now() END
+           language, status, sms_consent, CASE WHEN sms_consent THEN now() END, phone_valid
     FROM premium_customers_load
     ON CONFLICT (customer_id) DO UPDATE SET
         account_id = EXCLUDED.account_id,
@@ -261,6 +262,7 @@ WITH upserted AS (
         language = EXCLUDED.language,
         status = EXCLUDED.status,
         sms_consent = EXCLUDED.sms_consent,
+        phone_valid = EXCLUDED.phone_valid,
         sms_consent_at = CASE
             WHEN NOT EXCLUDED.sms_consent THEN NULL
             WHEN c.sms_consent AND c.sms_consent_at IS NOT NULL THEN c.sms_consent_at
@@ -274,8 +276,10 @@ SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FR
 
 
 def _same_as_stored(row: _Row, stored: tuple, keyring: PiiKeyring) -> bool:
-    _, account_id, name_enc, phone_enc, key_id, language, status, consent = stored
+    _, account_id, name_enc, phone_enc, key_id, language, status, consent, phone_valid = stored
     if (account_id, language, status, consent) != (row.account_id, row.language, row.status, row.sms_consent):
+        return False
+    if phone_valid is None:  # loaded before numbers were validated: rewrite to record the verdict
         return False
     return keyring.decrypt(name_enc, key_id, aad_for(row.customer_id, "first_name")) == row.first_name and (
         keyring.decrypt(phone_enc, key_id, aad_for(row.customer_id, "phone_number")) == row.phone_number
@@ -330,6 +334,7 @@ def load_customers_csv(path: Path, conn: psycopg.Connection, keyring: PiiKeyring
                             row.language,
                             row.status,
                             row.sms_consent,
+                            is_valid_mobile(row.phone_number),
                         )
                     )
             cur.execute(_UPSERT_SQL)

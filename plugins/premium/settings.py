@@ -60,20 +60,81 @@ class BalanceSettings:
         _check_range("backoff_multiplier_s", self.backoff_multiplier_s, 0, 60)
         if self.threshold_nis < 0:
             raise SettingsError("threshold_nis must not be negative")
-        parts = self.as_of_time.split(":")
-        if len(parts) != 3 or not all(p.isdigit() and len(p) == 2 for p in parts):
-            raise SettingsError(f"as_of_time must be HH:MM:SS, got {self.as_of_time!r}")
+        _check_time("as_of_time", self.as_of_time)
 
     def backoff_s(self, retry_number: int) -> float:
         return self.backoff_multiplier_s * 2**retry_number
 
 
-SECTIONS: dict[str, type] = {"balance": BalanceSettings}
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+
+
+@dataclass(frozen=True)
+class SmsSettings:
+    """Qualification and SMS submission (§3, §4.2, §7.2)."""
+
+    window_days: int = 30  # the qualification window W ends at the check date
+    min_passing_checks: int = 28  # passing checks needed in W (outage days count neither way)
+    batch_size: int = 500  # messages per carrier batch (§3.1: 500-1000)
+    max_segments: int = 3  # a template rendering past this fails the run before sending
+    send_time: str = "09:00:00"  # local time of the send window
+    send_offset_days: int = 1  # the window opens on D + offset (§4.2: the next morning)
+    no_send_days: tuple = ("saturday",)  # the window moves to the next allowed morning
+    max_lag_days: int = 1  # a run whose D is older than this (a backfill, a late rerun) sends nothing
+    callback_url: str = "http://127.0.0.1:8080/premium/api/webhooks/sms-delivery"
+    priority: str = "HIGH"
+    bank_name: str = "Premium Bank"
+    max_attempts: int = 3  # per message, all causes
+    carrier_reject_max_retries: int = 2  # 21614
+    request_timeout_s: float = 30.0
+    post_retries: int = 2  # retries of one batch POST within a submission (3 attempts)
+    backoff_multiplier_s: float = 1.0  # wait before retry n = multiplier * 2**n s (or Retry-After)
+    breaker_failures: int = 5
+    breaker_reset_s: float = 60.0
+    failover_failure_rate: float = 0.5  # batch failure rate on the primary that triggers failover
+    in_flight_batches: int = 4  # concurrent batch POSTs
+
+    def __post_init__(self) -> None:
+        _check_range("window_days", self.window_days, 1, 366)
+        _check_range("min_passing_checks", self.min_passing_checks, 1, self.window_days)
+        _check_range("batch_size", self.batch_size, 500, 1000)
+        _check_range("max_segments", self.max_segments, 1, 10)
+        _check_range("send_offset_days", self.send_offset_days, 0, 7)
+        _check_range("max_lag_days", self.max_lag_days, 0, 1_000_000)
+        _check_range("max_attempts", self.max_attempts, 1, 10)
+        _check_range("carrier_reject_max_retries", self.carrier_reject_max_retries, 0, 10)
+        _check_range("request_timeout_s", self.request_timeout_s, 0.001, 300)
+        _check_range("post_retries", self.post_retries, 0, 10)
+        _check_range("backoff_multiplier_s", self.backoff_multiplier_s, 0, 60)
+        _check_range("breaker_failures", self.breaker_failures, 1, 1_000_000)
+        _check_range("breaker_reset_s", self.breaker_reset_s, 0.001, 3_600)
+        _check_range("failover_failure_rate", self.failover_failure_rate, 0, 1)
+        _check_range("in_flight_batches", self.in_flight_batches, 1, 64)
+        _check_time("send_time", self.send_time)
+        bad = [d for d in self.no_send_days if d not in WEEKDAYS]
+        if bad or len(set(self.no_send_days)) >= 7:
+            raise SettingsError(f"no_send_days must be weekday names ({', '.join(WEEKDAYS)}), leaving one allowed")
+        if self.priority not in ("HIGH", "NORMAL", "LOW"):
+            raise SettingsError(f"priority must be HIGH, NORMAL or LOW, not {self.priority!r}")
+        if not self.callback_url.startswith(("http://", "https://")):
+            raise SettingsError("callback_url must be an http(s) URL")
+
+    def backoff_s(self, retry_number: int) -> float:
+        return self.backoff_multiplier_s * 2**retry_number
+
+
+SECTIONS: dict[str, type] = {"balance": BalanceSettings, "sms": SmsSettings}
 
 
 def _check_range(name: str, value: float, lo: float, hi: float) -> None:
     if not lo <= value <= hi:
         raise SettingsError(f"{name} must be between {lo} and {hi}, got {value!r}")
+
+
+def _check_time(name: str, value: str) -> None:
+    parts = value.split(":")
+    if len(parts) != 3 or not all(p.isdigit() and len(p) == 2 for p in parts) or int(parts[0]) > 23:
+        raise SettingsError(f"{name} must be HH:MM:SS, got {value!r}")
 
 
 def _coerce(cls: type, name: str, value: Any) -> Any:
@@ -93,6 +154,9 @@ def _coerce(cls: type, name: str, value: Any) -> Any:
             return float(value)
         if field_type in ("Decimal", Decimal):
             return Decimal(str(value))
+        if field_type in ("tuple", tuple):
+            items = value.split(",") if isinstance(value, str) else list(value)
+            return tuple(str(i).strip().lower() for i in items if str(i).strip())
         return str(value)
     except (TypeError, ValueError, ArithmeticError) as exc:
         raise SettingsError(f"{cls.__name__}.{name}: cannot use {value!r} as {field_type}") from exc
@@ -148,3 +212,7 @@ def load(section: str, run_overrides: Mapping[str, Any] | None = None, *, deploy
 
 def load_balance(run_overrides: Mapping[str, Any] | None = None, *, deployment: bool = True) -> BalanceSettings:
     return load("balance", run_overrides, deployment=deployment)
+
+
+def load_sms(run_overrides: Mapping[str, Any] | None = None, *, deployment: bool = True) -> SmsSettings:
+    return load("sms", run_overrides, deployment=deployment)

@@ -1,0 +1,258 @@
+"""Task bodies of the qualification and SMS stages of ``premium_balance_daily``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from typing import Any
+
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+from premium import runtime
+from premium.settings import SmsSettings, load_sms
+
+log = logging.getLogger(__name__)
+
+SMS_PARAM_KEYS = tuple(f.name for f in dataclasses.fields(SmsSettings))
+SECONDARY_CONN_ID = "sms_carrier_secondary"
+PRIMARY_CONN_ID = "sms_carrier"
+
+
+class SmsSegmentLimit(AirflowFailException):
+    alert_kind = "sms_template_over_segment_limit"
+
+
+class SmsCarrierCredentialsRejected(AirflowFailException):
+    alert_kind = "sms_carrier_credentials_rejected"
+
+
+class SmsBatchesBuffered(Exception):
+    """Batches the carriers did not accept yet: retried by the task's next attempt."""
+
+    alert_kind = "sms_batches_buffered"
+
+
+def _settings(context: Any) -> SmsSettings:
+    """Deployment settings with the run's ``sms_<key>`` params applied (prefixed: the balance stage
+    has settings of the same names)."""
+    params = context.get("params") or {}
+    overrides = {k[4:]: v for k, v in params.items() if k.startswith("sms_") and v is not None and k[4:] in SMS_PARAM_KEYS}
+    return load_sms(overrides)
+
+
+def _renderer(settings: SmsSettings):
+    from premium.sms.render import SmsRenderer
+
+    return SmsRenderer(max_segments=settings.max_segments, bank_name=settings.bank_name)
+
+
+def _record_run(conninfo: dict[str, Any], check_date, **fields: Any) -> None:
+    import psycopg
+
+    cols = ", ".join(fields)
+    placeholders = ", ".join(["%s"] * len(fields))
+    updates = ", ".join(f"{k} = EXCLUDED.{k}" for k in fields)
+    query = (
+        f"INSERT INTO sms_campaign_runs (check_date, {cols}) VALUES (%s, {placeholders}) "  # noqa: S608 - column names are ours
+        f"ON CONFLICT (check_date) DO UPDATE SET {updates}"
+    )
+    values = [json.dumps(v) if isinstance(v, dict) else v for v in fields.values()]
+    with psycopg.connect(**conninfo) as conn:
+        conn.execute(query, [check_date, *values])
+
+
+def qualify(context: Any) -> dict[str, Any]:
+    """Qualification in SQL, then every qualified message rendered (template, encoding, segments)."""
+    from premium.banking.stage import correlation_id_for
+    from premium.connections import premium_db_kwargs
+    from premium.crypto import PiiKeyring
+    from premium.sms.qualify import qualify as run_qualification
+    from premium.sms.qualify import render_qualified
+    from premium.sms.render import SegmentLimitExceeded
+
+    check_date = runtime.as_of_date(context)
+    settings = _settings(context)
+    renderer = _renderer(settings)
+    try:
+        worst = renderer.preflight()
+    except SegmentLimitExceeded as exc:
+        raise SmsSegmentLimit(f"{exc}; nothing was sent") from exc
+    log.info("templates within %d segments (worst case per template: %s)", settings.max_segments, worst)
+    conninfo = premium_db_kwargs()
+    run_id = context["dag_run"].run_id
+    summary = run_qualification(conninfo, check_date, run_id, settings)
+    renders = render_qualified(conninfo, check_date, PiiKeyring.from_connection(), renderer)
+    _record_run(
+        conninfo,
+        check_date,
+        campaign_id=summary.campaign_id,
+        dag_run_id=run_id,
+        correlation_id=correlation_id_for(run_id, check_date),
+        mode="SEND",
+        qualified=summary.qualified,
+        reasons=summary.reasons,
+        status="QUALIFIED",
+        finished_at=None,
+    )
+    return {"campaign_id": summary.campaign_id, "qualified": summary.qualified, "renders": len(renders)}
+
+
+def plan_send(context: Any) -> str:
+    """Decide SEND / DRY_RUN / LATE_NO_SEND and when the window opens; returns the moment to wait for."""
+    import pendulum
+
+    from premium.connections import premium_db_kwargs
+    from premium.sms import window
+
+    check_date = runtime.as_of_date(context)
+    settings = _settings(context)
+    dry_run = bool((context.get("params") or {}).get("dry_run"))
+    decided_at = pendulum.now("UTC")
+    mode = window.decide_mode(check_date, decided_at, settings, dry_run=dry_run)
+    send_after = window.send_after(check_date, settings)
+    if mode == window.SEND:
+        log.info("SMS for %s go out from %s (Asia/Jerusalem)", check_date, send_after.isoformat())
+        detail, status, wait_until = None, "WAITING", send_after
+    elif mode == window.DRY_RUN:
+        log.info("dry run: qualification and rendering recorded; nothing will be sent")
+        detail, status, wait_until = "dry run: nothing sent", "NOT_SENT", decided_at
+    else:
+        detail = (
+            f"check date {check_date} is more than {settings.max_lag_days} day(s) old: qualification recorded, "
+            "nothing sent (a backfill or a late rerun)"
+        )
+        log.warning("%s", detail)
+        status, wait_until = "NOT_SENT", decided_at
+    _record_run(premium_db_kwargs(), check_date, mode=mode, send_after=send_after, status=status, detail=detail)
+    return wait_until.isoformat()
+
+
+def submit(context: Any) -> dict[str, Any]:
+    """Outbox, batches, submission; publishes the sms_submissions asset event."""
+    import pendulum
+    import psycopg
+
+    from premium.banking.stage import correlation_id_for
+    from premium.connections import get_connection, premium_db_kwargs
+    from premium.crypto import PiiKeyring
+    from premium.sms import outbox
+    from premium.sms.carrier import CarrierAuthError, CarrierEndpoint
+    from premium.sms.submit import submit as run_submission
+    from premium.sms.window import SEND, campaign_id_for
+
+    check_date = runtime.as_of_date(context)
+    settings = _settings(context)
+    conninfo = premium_db_kwargs()
+    with psycopg.connect(**conninfo) as conn:
+        row = conn.execute("SELECT mode, detail FROM sms_campaign_runs WHERE check_date = %s", (check_date,)).fetchone()
+    if row is None:
+        raise AirflowFailException(f"no campaign run record for {check_date}: qualify_customers did not run")
+    mode, detail = row
+    if mode != SEND:
+        raise AirflowSkipException(f"{mode}: {detail}")
+    run_id = context["dag_run"].run_id
+    correlation_id = correlation_id_for(run_id, check_date)
+    campaign_id = campaign_id_for(check_date)
+    endpoints = {"primary": CarrierEndpoint.from_connection(get_connection(PRIMARY_CONN_ID), "primary")}
+    try:
+        endpoints["secondary"] = CarrierEndpoint.from_connection(get_connection(SECONDARY_CONN_ID), "secondary")
+    except Exception:  # noqa: BLE001 - AirflowNotFoundException: no secondary carrier configured
+        log.info("no %s connection: without a secondary carrier, unsent batches are buffered", SECONDARY_CONN_ID)
+    with psycopg.connect(**conninfo) as conn:
+        created = outbox.write_outbox(conn, check_date, campaign_id, correlation_id)
+    log.info("outbox: %d new notifications for %s", created, campaign_id)
+    _record_run(conninfo, check_date, status="SUBMITTING")
+    try:
+        summary = run_submission(
+            conninfo,
+            campaign_id,
+            check_date,
+            settings,
+            endpoints,
+            PiiKeyring.from_connection(),
+            _renderer(settings),
+            correlation_id,
+        )
+    except CarrierAuthError as exc:
+        raise SmsCarrierCredentialsRejected(str(exc)) from exc
+    counts = summary.as_dict()
+    log.info("submission of %s: %s", campaign_id, counts)
+    with psycopg.connect(**conninfo) as conn:
+        batch_ids = [
+            r[0]
+            for r in conn.execute(
+                "SELECT batch_id FROM sms_batches WHERE campaign_id = %s AND status IN ('ACCEPTED', 'PARTIAL') "
+                "AND (check_date = %s OR batch_id = ANY(%s)) ORDER BY batch_id",
+                (campaign_id, check_date, summary.accepted_batch_ids),
+            )
+        ]
+        buffered = conn.execute(
+            "SELECT count(*) FROM sms_batches WHERE campaign_id = %s AND status = 'BUFFERED'", (campaign_id,)
+        ).fetchone()[0]
+    _record_run(
+        conninfo,
+        check_date,
+        batches=len(batch_ids),
+        submitted=summary.messages_accepted,
+        rejected=summary.messages_rejected,
+        failed_over=summary.failed_over_batches,
+        buffered=buffered,
+        status="DONE" if not buffered else "SUBMITTING",
+    )
+    _escalate(summary, campaign_id, check_date, context)
+    if buffered and context["ti"].try_number <= context["task"].retries:
+        raise SmsBatchesBuffered(
+            f"{buffered} batches not accepted by any carrier yet (buffered); the next attempt sends them"
+        )
+    from premium.assets import SMS_SUBMISSIONS
+
+    context["outlet_events"][SMS_SUBMISSIONS].extra = {
+        "campaign_id": campaign_id,
+        "check_date": check_date.isoformat(),
+        "batch_ids": batch_ids,
+        "messages_accepted": summary.messages_accepted,
+        "messages_rejected": summary.messages_rejected,
+        "failed_over_batches": summary.failed_over_batches,
+        "buffered_batches": buffered,
+        "correlation_id": correlation_id,
+    }
+    _record_run(conninfo, check_date, finished_at=pendulum.now("UTC"))
+    return counts
+
+
+def _escalate(summary: Any, campaign_id: str, check_date: Any, context: Any) -> None:
+    from premium.alerts import raise_alert
+
+    ids = {"dag_id": context["dag"].dag_id, "run_id": context["dag_run"].run_id, "task_id": "submit_sms_batches"}
+    if summary.undeliverable:
+        raise_alert(
+            "sms_undeliverable_numbers",
+            f"{campaign_id}: {summary.undeliverable} messages rejected as invalid numbers (21211)",
+            severity="warning",
+            details={"check_date": str(check_date), "count": summary.undeliverable},
+            **ids,
+        )
+    if summary.retries_exhausted:
+        raise_alert(
+            "sms_retry_exhaustion",
+            f"{campaign_id}: {summary.retries_exhausted} messages failed with no retry left",
+            details={"check_date": str(check_date), "count": summary.retries_exhausted},
+            **ids,
+        )
+    if summary.failed_over_batches:
+        raise_alert(
+            "sms_carrier_failover",
+            f"{campaign_id}: {summary.failed_over_batches} batches failed over to the secondary carrier",
+            severity="warning",
+            details={"check_date": str(check_date)},
+            **ids,
+        )
+    if summary.buffered_batches:
+        raise_alert(
+            "sms_batches_buffered",
+            f"{campaign_id}: {summary.buffered_batches} batches buffered (carrier unavailable)",
+            severity="warning",
+            details={"check_date": str(check_date)},
+            **ids,
+        )
