@@ -37,7 +37,9 @@ def _settings(context: Any) -> SmsSettings:
     """Deployment settings with the run's ``sms_<key>`` params applied (prefixed: the balance stage
     has settings of the same names)."""
     params = context.get("params") or {}
-    overrides = {k[4:]: v for k, v in params.items() if k.startswith("sms_") and v is not None and k[4:] in SMS_PARAM_KEYS}
+    overrides = {
+        k[4:]: v for k, v in params.items() if k.startswith("sms_") and v is not None and k[4:] in SMS_PARAM_KEYS
+    }
     return load_sms(overrides)
 
 
