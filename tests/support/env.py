@@ -46,3 +46,8 @@ def apply() -> None:
         "AIRFLOW_CONN_PREMIUM_PII_KEYS": json.dumps({"conn_type": "generic", "extra": TEST_PII_KEYS}),
     }
     os.environ.update(env)
+
+TEST_SMS_API_KEY = "test-sms-api-key-2b81d0"
+TEST_SMS_SECONDARY_API_KEY = "test-sms-secondary-key-91c3aa"
+# Standard Webhooks secret (whsec_ + base64 of 24 fixed bytes): test-only.
+TEST_WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"premium-test-webhook-key").decode()

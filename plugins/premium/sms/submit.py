@@ -258,15 +258,17 @@ class Submitter:
         batch_id, carrier, ambiguous, _posts = batch
         messages, invalid = await asyncio.to_thread(self._build, batch_id)
         metadata = {"campaignId": self.campaign_id, "correlationId": self.correlation_id}
-        retry = 0
+        posts: Counter = Counter()  # POSTs per carrier: each carrier gets 1 + post_retries
         last: PostResult | None = None
-        while retry <= self.settings.post_retries:
+        while True:
             target = self._choose(carrier, ambiguous)
-            if target is None:
+            if target is None or posts[target] > self.settings.post_retries:
                 break
             if not messages:
                 await asyncio.to_thread(self._record, batch_id, target, PostResult("accepted", 202), invalid)
                 return
+            if posts[target]:
+                await sleep_backoff(self.settings, posts[target], last.retry_after_s if last else None)
             if not await asyncio.to_thread(self._bind, batch_id, target):
                 log.warning("batch %s is bound elsewhere or closed; left alone", batch_id)
                 return
@@ -303,34 +305,28 @@ class Submitter:
                 )
                 return
             if last.kind == "invalid":
-                await asyncio.to_thread(
-                    self._mark, batch_id, status="FAILED", error=f"{last.http_status} {last.detail}"
-                )
+                await asyncio.to_thread(self._mark, batch_id, status="FAILED", error=f"{last.http_status} {last.detail}")
                 self.summary.failed_batches += 1
-                log.error(
-                    "batch %s refused as invalid by %s: HTTP %s %s", batch_id, target, last.http_status, last.error_code
-                )
+                log.error("batch %s refused as invalid by %s: HTTP %s %s", batch_id, target, last.http_status, last.error_code)
                 return
             if last.kind == "ambiguous":
                 ambiguous = True
                 self.summary.ambiguous_posts += 1
                 await asyncio.to_thread(self._mark, batch_id, ambiguous=True, error=last.detail)
             log.warning(
-                "batch %s -> %s: %s (HTTP %s, code %s); retry %d of %d",
+                "batch %s -> %s: %s (HTTP %s, code %s); post %d of %d",
                 batch_id,
                 target,
                 last.kind,
                 last.http_status,
                 last.error_code,
-                retry + 1,
-                self.settings.post_retries,
+                posts[target] + 1,
+                self.settings.post_retries + 1,
             )
-            if last.kind != "breaker_open":
-                retry += 1
-                if retry <= self.settings.post_retries:
-                    await sleep_backoff(self.settings, retry, last.retry_after_s)
-            elif self._choose(carrier, ambiguous) in (None, carrier):
-                break  # open breaker and nowhere else to go: buffer now, don't spin
+            if last.kind == "breaker_open":
+                posts[target] = self.settings.post_retries + 1  # no point asking an open breaker again now
+            else:
+                posts[target] += 1
         detail = last.detail if last else "no carrier available"
         await asyncio.to_thread(self._mark, batch_id, status="BUFFERED", error=detail)
         self.summary.buffered_batches += 1
