@@ -305,9 +305,13 @@ class Submitter:
                 )
                 return
             if last.kind == "invalid":
-                await asyncio.to_thread(self._mark, batch_id, status="FAILED", error=f"{last.http_status} {last.detail}")
+                await asyncio.to_thread(
+                    self._mark, batch_id, status="FAILED", error=f"{last.http_status} {last.detail}"
+                )
                 self.summary.failed_batches += 1
-                log.error("batch %s refused as invalid by %s: HTTP %s %s", batch_id, target, last.http_status, last.error_code)
+                log.error(
+                    "batch %s refused as invalid by %s: HTTP %s %s", batch_id, target, last.http_status, last.error_code
+                )
                 return
             if last.kind == "ambiguous":
                 ambiguous = True

@@ -49,23 +49,36 @@ def _renderer(settings: SmsSettings):
     return SmsRenderer(max_segments=settings.max_segments, bank_name=settings.bank_name)
 
 
-def _record_run(conninfo: dict[str, Any], check_date, **fields: Any) -> None:
+def _record_run(conninfo: dict[str, Any], check_date, *, create: bool = False, **fields: Any) -> None:
+    """Create (``create=True``: the qualification step) or update the date's sms_campaign_runs row."""
     import psycopg
+    from psycopg import sql
 
-    cols = ", ".join(fields)
-    placeholders = ", ".join(["%s"] * len(fields))
-    updates = ", ".join(f"{k} = EXCLUDED.{k}" for k in fields)
-    query = (
-        f"INSERT INTO sms_campaign_runs (check_date, {cols}) VALUES (%s, {placeholders}) "  # noqa: S608 - column names are ours
-        f"ON CONFLICT (check_date) DO UPDATE SET {updates}"
-    )
     values = [json.dumps(v) if isinstance(v, dict) else v for v in fields.values()]
+    names = [sql.Identifier(k) for k in fields]
+    if create:
+        query = sql.SQL(
+            "INSERT INTO sms_campaign_runs (check_date, {cols}) VALUES (%s, {vals}) "
+            "ON CONFLICT (check_date) DO UPDATE SET {updates}"
+        ).format(
+            cols=sql.SQL(", ").join(names),
+            vals=sql.SQL(", ").join([sql.Placeholder()] * len(names)),
+            updates=sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(n) for n in names),
+        )
+        params = [check_date, *values]
+    else:
+        query = sql.SQL("UPDATE sms_campaign_runs SET {sets} WHERE check_date = %s").format(
+            sets=sql.SQL(", ").join(sql.SQL("{} = %s").format(n) for n in names)
+        )
+        params = [*values, check_date]
     with psycopg.connect(**conninfo) as conn:
-        conn.execute(query, [check_date, *values])
+        conn.execute(query, params)
 
 
 def qualify(context: Any) -> dict[str, Any]:
     """Qualification in SQL, then every qualified message rendered (template, encoding, segments)."""
+    import pendulum
+
     from premium.banking.stage import correlation_id_for
     from premium.connections import premium_db_kwargs
     from premium.crypto import PiiKeyring
@@ -88,6 +101,7 @@ def qualify(context: Any) -> dict[str, Any]:
     _record_run(
         conninfo,
         check_date,
+        create=True,
         campaign_id=summary.campaign_id,
         dag_run_id=run_id,
         correlation_id=correlation_id_for(run_id, check_date),
@@ -95,6 +109,14 @@ def qualify(context: Any) -> dict[str, Any]:
         qualified=summary.qualified,
         reasons=summary.reasons,
         status="QUALIFIED",
+        send_after=None,
+        batches=None,
+        submitted=None,
+        rejected=None,
+        failed_over=None,
+        buffered=None,
+        detail=None,
+        started_at=pendulum.now("UTC"),
         finished_at=None,
     )
     return {"campaign_id": summary.campaign_id, "qualified": summary.qualified, "renders": len(renders)}
