@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 . scripts/env.sh
 PY="$PREMIUM_ROOT/.venv/bin/python"
 AIRFLOW="$PREMIUM_ROOT/.venv/bin/airflow"
-DEMO_DATE="${DEMO_DATE:-2025-11-18}"
+DEMO_FROM="${DEMO_FROM:-2025-11-01}"
+DEMO_DATE="${DEMO_DATE:-2025-11-30}"
 DEMO_CUSTOMERS="${DEMO_CUSTOMERS:-2000}"
 DEMO_SEED="${DEMO_SEED:-20251118}"
 LOG="$PREMIUM_STATE_DIR/demo-airflow.log"
@@ -24,27 +25,40 @@ step "Airflow metadata DB ($AIRFLOW_DB_NAME) and application schema ($PREMIUM_DB
 "$AIRFLOW" pools set core_banking_api 4 "Concurrent fetch tasks against the core-banking API" > /dev/null
 "$PY" -m premium.cli migrate
 
-step "Core-banking simulator on loopback"
-stop_simulators() { "$PY" -m premium.simulators.runner stop --name core-banking --state-dir "$PREMIUM_STATE_DIR" || true; }
+step "Simulators on loopback: core banking, SMS carrier (primary and secondary)"
+SIMULATORS=(core-banking sms-primary sms-secondary)
+stop_simulators() {
+    for name in "${SIMULATORS[@]}"; do
+        "$PY" -m premium.simulators.runner stop --name "$name" --state-dir "$PREMIUM_STATE_DIR" || true
+    done
+}
 trap stop_simulators EXIT
+port_of() { "$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["port"])' "$PREMIUM_STATE_DIR/$1.json"; }
 "$PY" -m premium.simulators.runner start --name core-banking --state-dir "$PREMIUM_STATE_DIR" -- \
     --auth api_key --secret-env BANK_SIM_SECRET
-BANK_PORT=$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["port"])' "$PREMIUM_STATE_DIR/core-banking.json")
-export AIRFLOW_CONN_CORE_BANKING="{\"conn_type\": \"http\", \"host\": \"127.0.0.1\", \"port\": $BANK_PORT, \"schema\": \"http\", \"password\": \"$BANK_API_KEY\", \"extra\": {\"auth_type\": \"api_key\"}}"
+for carrier in primary secondary; do
+    "$PY" -m premium.simulators.runner start --name "sms-$carrier" --state-dir "$PREMIUM_STATE_DIR" \
+        --module premium.simulators.sms_carrier -- --name "$carrier" --secret-env SMS_SIM_SECRET \
+        --time-scale 0.01 --callbacks off
+done
+export AIRFLOW_CONN_CORE_BANKING="{\"conn_type\": \"http\", \"host\": \"127.0.0.1\", \"port\": $(port_of core-banking), \"schema\": \"http\", \"password\": \"$BANK_API_KEY\", \"extra\": {\"auth_type\": \"api_key\"}}"
+export AIRFLOW_CONN_SMS_CARRIER="{\"conn_type\": \"http\", \"host\": \"127.0.0.1\", \"port\": $(port_of sms-primary), \"schema\": \"http\", \"password\": \"$SMS_SIM_SECRET\"}"
+export AIRFLOW_CONN_SMS_CARRIER_SECONDARY="{\"conn_type\": \"http\", \"host\": \"127.0.0.1\", \"port\": $(port_of sms-secondary), \"schema\": \"http\", \"password\": \"$SMS_SIM_SECRET\"}"
 
 step "Synthetic customer base: $DEMO_CUSTOMERS customers (seed $DEMO_SEED)"
 "$PY" -m premium.cli gen-customers --count "$DEMO_CUSTOMERS" --seed "$DEMO_SEED" --out "$PREMIUM_STATE_DIR/demo-customers.csv"
 "$PY" -m premium.cli load-customers "$PREMIUM_STATE_DIR/demo-customers.csv" --show-rejections 5
 
-step "premium_balance_daily for $DEMO_DATE (airflow dags test; log in $LOG)"
-if ! "$AIRFLOW" dags test premium_balance_daily "${DEMO_DATE}T22:00:00+02:00" > "$LOG" 2>&1; then
+step "premium_balance_daily for every day from $DEMO_FROM to $DEMO_DATE (dag.test; Airflow's log in $LOG)"
+if ! "$PY" scripts/demo_runs.py --from "$DEMO_FROM" --to "$DEMO_DATE" > "$LOG" 2>&1; then
+    grep '^DEMO ' "$LOG" | sed 's/^DEMO /  /' || true
     tail -40 "$LOG"
-    echo "premium_balance_daily failed; full log in $LOG" >&2
+    echo "a premium_balance_daily run failed; full log in $LOG" >&2
     exit 1
 fi
-grep -E "\] (planned|fetching|wrote chunk|.* done:|balance checks of|PREMIUM_ALERT)" "$LOG" \
-    | sed -E 's/^[^ ]+ \[[a-z ]+\] //; s/ \[[a-z_.]+\] loc=.*$//' | cut -c1-170 || true
+grep '^DEMO ' "$LOG" | sed 's/^DEMO /  /'
 
 step "Summary"
 "$PY" -m premium.cli balance-summary --date "$DEMO_DATE"
+"$PY" -m premium.cli campaign-summary --date "$DEMO_DATE"
 echo "  demo wall time     $(( $(date +%s) - started )) s"

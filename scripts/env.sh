@@ -22,13 +22,16 @@ mkdir -p "$AIRFLOW_HOME" "$PREMIUM_STATE_DIR"
 # Local secrets, generated on first use and kept outside git (.airflow/ is ignored). A deployment
 # gets these from its secrets backend instead (see README, "Secrets").
 PREMIUM_SECRETS_FILE="${PREMIUM_SECRETS_FILE:-$AIRFLOW_HOME/secrets.env}"
-if [ ! -s "$PREMIUM_SECRETS_FILE" ]; then
-    umask 077
-    {
-        printf 'BANK_API_KEY=%q\n' "$("$PREMIUM_ROOT/.venv/bin/python" -c 'import secrets; print(secrets.token_urlsafe(32))')"
-        printf 'AIRFLOW_CONN_PREMIUM_PII_KEYS=%q\n' "$("$PREMIUM_ROOT/.venv/bin/python" -m premium.cli gen-pii-keys)"
-    } > "$PREMIUM_SECRETS_FILE"
-fi
+touch "$PREMIUM_SECRETS_FILE" && chmod 600 "$PREMIUM_SECRETS_FILE"
+_premium_secret() {  # NAME COMMAND...: append NAME=<output of COMMAND> unless the file has it
+    local name="$1"; shift
+    grep -q "^$name=" "$PREMIUM_SECRETS_FILE" || printf '%s=%q\n' "$name" "$("$@")" >> "$PREMIUM_SECRETS_FILE"
+}
+_premium_secret BANK_API_KEY "$PREMIUM_ROOT/.venv/bin/python" -c 'import secrets; print(secrets.token_hex(24))'
+_premium_secret SMS_SIM_SECRET "$PREMIUM_ROOT/.venv/bin/python" -c 'import secrets; print(secrets.token_hex(24))'
+_premium_secret SMS_WEBHOOK_SECRET "$PREMIUM_ROOT/.venv/bin/python" -c \
+    'import base64, secrets; print("whsec_" + base64.b64encode(secrets.token_bytes(24)).decode())'
+_premium_secret AIRFLOW_CONN_PREMIUM_PII_KEYS "$PREMIUM_ROOT/.venv/bin/python" -m premium.cli gen-pii-keys
 set -a
 # shellcheck disable=SC1090
 . "$PREMIUM_SECRETS_FILE"

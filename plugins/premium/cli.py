@@ -142,6 +142,64 @@ def _balance_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _campaign_summary(args: argparse.Namespace) -> int:
+    from premium.db import connect
+
+    with connect() as conn:
+        run = conn.execute(
+            "SELECT campaign_id, mode, qualified, reasons, send_after, batches, submitted, rejected, failed_over, "
+            "buffered, status, detail FROM sms_campaign_runs WHERE check_date = %s",
+            (args.date,),
+        ).fetchone()
+        if run is None:
+            print(f"no campaign run recorded for {args.date}", file=sys.stderr)
+            return 1
+        campaign_id = run[0]
+        notifications = dict(
+            conn.execute(
+                "SELECT status, count(*) FROM sms_notifications WHERE campaign_id = %s GROUP BY 1", (campaign_id,)
+            ).fetchall()
+        )
+        batches = dict(
+            conn.execute(
+                "SELECT coalesce(carrier, 'none') || '/' || status, count(*) FROM sms_batches "
+                "WHERE campaign_id = %s GROUP BY 1",
+                (campaign_id,),
+            ).fetchall()
+        )
+        encodings = dict(
+            conn.execute(
+                "SELECT encoding || ' x' || segments, count(*) FROM sms_notifications WHERE campaign_id = %s GROUP BY 1",
+                (campaign_id,),
+            ).fetchall()
+        )
+    keys = ["campaign_id", "mode", "qualified", "reasons", "send_after", "batches", "submitted", "rejected"]
+    keys += ["failed_over", "buffered", "status", "detail"]
+    data = dict(zip(keys, run, strict=True))
+    data.update(notifications=notifications, batches_by_carrier=batches, encodings=encodings)
+    if args.json:
+        print(json.dumps({"check_date": args.date.isoformat(), **data}, default=str))
+        return 0
+    print(f"Qualification and SMS for {args.date} — {campaign_id}, mode {data['mode']}, {data['status']}")
+    print(f"  qualified today    {data['qualified']:>8}")
+    for reason, count in sorted((data["reasons"] or {}).items(), key=lambda kv: -kv[1]):
+        print(f"    not: {reason:<15}{count:>6}")
+    send_after = data["send_after"]
+    if send_after is not None:
+        from zoneinfo import ZoneInfo
+
+        send_after = send_after.astimezone(ZoneInfo("Asia/Jerusalem")).strftime("%Y-%m-%d %H:%M %Z")
+    print(f"  send window        {send_after}")
+    print(f"  batches            {data['batches'] or 0:>8}   {batches}")
+    print(f"  submitted          {data['submitted'] or 0:>8}   rejected {data['rejected'] or 0}")
+    print(f"  failed over        {data['failed_over'] or 0:>8}   buffered {data['buffered'] or 0}")
+    print(f"  campaign so far    {sum(notifications.values()):>8}   {notifications}")
+    print(f"  encodings          {encodings}")
+    if data["detail"]:
+        print(f"  note               {data['detail']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m premium.cli", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -184,6 +242,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--date", type=date.fromisoformat, required=True)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_balance_summary)
+
+    p = sub.add_parser("campaign-summary")
+    p.add_argument("--date", type=date.fromisoformat, required=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_campaign_summary)
     return parser
 
 
