@@ -30,6 +30,7 @@ REQUIRED_VARS = {
     "AIRFLOW__API__SECRET_KEY": "dummy-api-secret-7f41",
     "BANK_API_KEY": "dummy-bank-api-key-c6e9",
     "PREMIUM_PII_KEYS_JSON": '{"conn_type":"generic","extra":{"current_key_id":"dummy-k1"}}',
+    "SMS_CARRIER_API_KEY": "dummy-sms-api-key-4e2d",
 }
 # Optional variables of the file: unset for the tests whatever the caller's shell holds.
 OPTIONAL_VARS = (
@@ -37,7 +38,6 @@ OPTIONAL_VARS = (
     "PREMIUM_AIRFLOW_IMAGE",
     "AIRFLOW_API_PORT",
     "AIRFLOW_ADMIN_USERS",
-    "SMS_CARRIER_API_KEY",
     "SMS_CARRIER_SECONDARY_API_KEY",
     "AIRFLOW_VAR_PREMIUM_SETTINGS",
     "PREMIUM_SETTINGS_FILE",
@@ -342,6 +342,11 @@ def test_simulators_are_in_their_profile(config: dict) -> None:
     assert bank["command"][bank["command"].index("--auth") + 1] == "api_key"
     assert bank["command"][bank["command"].index("--secret-env") + 1] == "BANK_SIM_SECRET"
     assert _env_vars_of(bank)["BANK_SIM_SECRET"] == REQUIRED_VARS["BANK_API_KEY"]
+    for name, role in (("sms-carrier-sim", "primary"), ("sms-carrier-sim-secondary", "secondary")):
+        command = services[name]["command"]
+        assert command[command.index("--name") + 1] == role
+        assert command[command.index("--secret-env") + 1] == "SMS_SIM_SECRET"
+    assert _env_vars_of(services["sms-carrier-sim"])["SMS_SIM_SECRET"] == REQUIRED_VARS["SMS_CARRIER_API_KEY"]
 
 
 # --- no literal secrets -------------------------------------------------------------------------
