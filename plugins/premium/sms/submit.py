@@ -28,6 +28,7 @@ from typing import Any
 import psycopg
 
 from premium.crypto import PiiKeyring, aad_for
+from premium.delivery.state import register_accepted
 from premium.settings import SmsSettings
 from premium.sms import outbox
 from premium.sms.carrier import CarrierEndpoint, PostResult, SmsCarrierClient, sleep_backoff
@@ -183,6 +184,7 @@ class Submitter:
                         """,
                         (carrier,),
                     )
+                    register_accepted(cur, carrier, result.accepted)
                     counts["accepted"] = len(result.accepted)
                 rejected = dict(result.rejected)
                 for message_id in local_invalid:

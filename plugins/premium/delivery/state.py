@@ -1,0 +1,214 @@
+"""Delivery state: one monotonic status per message, changed only by the database.
+
+Poll results and webhooks both go through :func:`apply_updates`. A change is applied only when
+the new status ranks above the current one (Queued/NoStatus < Sent < a final status); the
+comparison happens inside the UPDATE, so a late SENT after DELIVERED, a duplicate or a replay
+changes nothing, and a poll and a webhook racing on one message end consistent whatever their
+order. Each applied change is appended to ``delivery_status_history`` and mirrored to the
+message and its notification. A FAILED status decides the retry (§3.6) in the same transaction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+
+from premium.settings import SmsSettings
+from premium.sms.failures import classify, may_retry
+
+# carrier status -> (our status, rank)
+CARRIER_STATUSES: dict[str, tuple[str, int]] = {
+    "QUEUED": ("Queued", 10),
+    "NO_STATUS": ("NoStatus", 15),
+    "SENT": ("Sent", 20),
+    "DELIVERED": ("Delivered", 30),
+    "FAILED": ("Failed", 30),
+    "UNDELIVERABLE": ("Undeliverable", 30),
+}
+UNCONFIRMED = ("Unconfirmed", 30)
+FINAL_RANK = 30
+# our status -> sms_messages / sms_notifications status
+MIRROR = {
+    "Queued": "QUEUED",
+    "NoStatus": "NO_STATUS",
+    "Sent": "SENT",
+    "Delivered": "DELIVERED",
+    "Failed": "FAILED",
+    "Undeliverable": "UNDELIVERABLE",
+    "Unconfirmed": "UNCONFIRMED",
+}
+
+
+class UnknownStatus(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class StatusUpdate:
+    carrier: str
+    tracking_id: str
+    carrier_status: str  # QUEUED | SENT | DELIVERED | FAILED | UNDELIVERABLE | NO_STATUS
+    status_code: str | None = None
+    status_message: str | None = None
+    event_at: datetime | None = None
+
+    def ours(self) -> tuple[str, int]:
+        try:
+            return CARRIER_STATUSES[self.carrier_status.upper()]
+        except KeyError:
+            raise UnknownStatus(f"unknown carrier status {self.carrier_status!r}") from None
+
+
+@dataclass(frozen=True)
+class Applied:
+    message_id: str
+    status: str
+    status_code: str | None
+    retry: str | None  # "retry" | "exhausted" | None
+
+
+_STAGE = """
+CREATE TEMP TABLE IF NOT EXISTS staging_status_updates (
+    carrier text, tracking_id text, status text, status_rank smallint, status_code text, status_message text,
+    event_at timestamptz
+) ON COMMIT DROP
+"""
+
+_APPLY = """
+WITH incoming AS (
+    SELECT DISTINCT ON (carrier, tracking_id) * FROM staging_status_updates
+    ORDER BY carrier, tracking_id, status_rank DESC
+),
+current AS (
+    SELECT d.message_id, d.status AS from_status
+    FROM delivery_status d JOIN incoming i ON d.carrier = i.carrier AND d.tracking_id = i.tracking_id
+    ORDER BY d.message_id
+    FOR UPDATE OF d
+),
+changed AS (
+    UPDATE delivery_status d SET
+        status = i.status, status_rank = i.status_rank, status_code = coalesce(i.status_code, d.status_code),
+        status_message = coalesce(i.status_message, d.status_message),
+        delivered_at = CASE WHEN i.status = 'Delivered' THEN coalesce(i.event_at, now()) ELSE d.delivered_at END,
+        last_event_at = i.event_at, last_source = %(source)s,
+        polls = d.polls + CASE WHEN %(source)s = 'poll' THEN 1 ELSE 0 END,
+        updated_at = now()
+    FROM incoming i
+    WHERE d.carrier = i.carrier AND d.tracking_id = i.tracking_id AND d.status_rank < i.status_rank
+    RETURNING d.message_id, d.notification_id, d.status, d.status_code, i.event_at
+),
+history AS (
+    INSERT INTO delivery_status_history (message_id, from_status, to_status, status_code, source, event_at)
+    SELECT c.message_id, cur.from_status, c.status, c.status_code, %(source)s, c.event_at
+    FROM changed c JOIN current cur ON cur.message_id = c.message_id
+),
+messages AS (
+    UPDATE sms_messages m SET status = %(mirror)s::jsonb ->> c.status, status_code = c.status_code, updated_at = now()
+    FROM changed c WHERE m.message_id = c.message_id
+)
+SELECT c.message_id, c.notification_id, c.status, c.status_code, m.attempt
+FROM changed c JOIN sms_messages m ON m.message_id = c.message_id
+"""
+
+
+def apply_updates(
+    conn: psycopg.Connection, updates: list[StatusUpdate], source: str, settings: SmsSettings
+) -> list[Applied]:
+    """Apply status updates in one transaction; returns the changes that took effect."""
+    import json
+
+    if not updates:
+        return []
+    applied: list[Applied] = []
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute(_STAGE)
+        with cur.copy("COPY staging_status_updates FROM STDIN") as copy:
+            for u in updates:
+                status, rank = u.ours()
+                copy.write_row((u.carrier, u.tracking_id, status, rank, u.status_code, u.status_message, u.event_at))
+        rows = cur.execute(_APPLY, {"source": source, "mirror": json.dumps(MIRROR)}).fetchall()
+        for message_id, notification_id, status, code, attempt in rows:
+            retry = _settle_notification(cur, notification_id, message_id, status, code, attempt, settings)
+            applied.append(Applied(message_id, status, code, retry))
+        cur.execute("DROP TABLE staging_status_updates")
+    return applied
+
+
+def _settle_notification(cur, notification_id, message_id, status, code, attempt, settings) -> str | None:
+    """Mirror the message's status to its notification; for Failed, decide the retry (§3.6)."""
+    retry = None
+    if status == "Failed":
+        if may_retry(code, attempt, settings):
+            retry = "retry"
+            cur.execute(
+                """
+                UPDATE sms_notifications SET status = 'PENDING', current_message_id = NULL, error_code = %s,
+                    error_detail = %s, updated_at = now()
+                WHERE notification_id = %s AND current_message_id = %s
+                """,
+                (code, classify(code, settings).category, notification_id, message_id),
+            )
+        else:
+            retry = "exhausted"
+    if retry != "retry":
+        cur.execute(
+            """
+            UPDATE sms_notifications SET status = %s, error_code = coalesce(%s, error_code), updated_at = now()
+            WHERE notification_id = %s AND current_message_id = %s
+            """,
+            (MIRROR[status], code if status in ("Failed", "Undeliverable") else None, notification_id, message_id),
+        )
+    if retry:
+        cur.execute("UPDATE delivery_status SET retry_decision = %s WHERE message_id = %s", (retry, message_id))
+    return retry
+
+
+def register_accepted(cur: Any, carrier: str, accepted: dict[str, str]) -> None:
+    """Start the delivery status of freshly accepted messages (called inside the submission's transaction)."""
+    cur.execute(
+        """
+        INSERT INTO delivery_status (message_id, notification_id, campaign_id, customer_id, carrier, tracking_id,
+                                     status, status_rank, last_source, created_at)
+        SELECT m.message_id, m.notification_id, m.campaign_id, m.customer_id, %s, m.tracking_id, 'Queued', 10,
+               'submission', coalesce(m.submitted_at, now())
+        FROM sms_messages m
+        WHERE m.message_id = ANY(%s) AND m.tracking_id IS NOT NULL
+        ON CONFLICT DO NOTHING
+        """,
+        (carrier, list(accepted)),
+    )
+
+
+def record_webhook(
+    conn: psycopg.Connection, webhook_id: str, update: StatusUpdate, settings: SmsSettings
+) -> tuple[str, list[Applied]]:
+    """Apply one verified webhook exactly once: ('replayed' | 'applied' | 'no_change' | 'unknown_tracking_id', changes)."""
+    with conn.transaction():
+        inserted = conn.execute(
+            "INSERT INTO webhook_events (webhook_id, tracking_id, status, outcome) VALUES (%s, %s, %s, 'no_change') "
+            "ON CONFLICT (webhook_id) DO NOTHING RETURNING webhook_id",
+            (webhook_id, update.tracking_id, update.carrier_status),
+        ).fetchone()
+        if inserted is None:
+            return "replayed", []
+        known = conn.execute(
+            "SELECT carrier FROM delivery_status WHERE tracking_id = %s", (update.tracking_id,)
+        ).fetchall()
+        if not known:
+            conn.execute(
+                "UPDATE webhook_events SET outcome = 'unknown_tracking_id' WHERE webhook_id = %s", (webhook_id,)
+            )
+            return "unknown_tracking_id", []
+        updates = [
+            StatusUpdate(
+                carrier, update.tracking_id, update.carrier_status, update.status_code, None, update.event_at
+            )
+            for (carrier,) in known
+        ]
+        applied = apply_updates(conn, updates, "webhook", settings)
+        if applied:
+            conn.execute("UPDATE webhook_events SET outcome = 'applied' WHERE webhook_id = %s", (webhook_id,))
+        return ("applied" if applied else "no_change"), applied
