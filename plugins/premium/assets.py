@@ -9,3 +9,6 @@ BALANCE_CHECKS = Asset(name="daily_balance_checks", uri="premium://premium_db/da
 
 # Emitted when a submission finishes (extra: campaign_id, check_date, batch_ids, counts).
 SMS_SUBMISSIONS = Asset(name="sms_submissions", uri="premium://premium_db/sms_submissions")
+
+# DeliveryConfirmed (§4.2): a tracking run finished (extra: campaign_id, counts per final state).
+DELIVERY_CONFIRMED = Asset(name="delivery_confirmed", uri="premium://premium_db/delivery_confirmed")

@@ -123,7 +123,34 @@ class SmsSettings:
         return self.backoff_multiplier_s * 2**retry_number
 
 
-SECTIONS: dict[str, type] = {"balance": BalanceSettings, "sms": SmsSettings}
+@dataclass(frozen=True)
+class DeliverySettings:
+    """Delivery tracking (§3.3, §4.2 part 3)."""
+
+    poll_interval_s: float = 7200.0  # every 2 hours
+    window_s: float = 259200.0  # for 72 hours after submission
+    in_flight: int = 64  # concurrent status requests per poll
+    request_timeout_s: float = 30.0
+    max_retries: int = 3  # per status request
+    backoff_multiplier_s: float = 1.0
+    breaker_failures: int = 5
+    breaker_reset_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        _check_range("poll_interval_s", self.poll_interval_s, 0.1, 86_400)
+        _check_range("window_s", self.window_s, 0, 30 * 86_400)
+        _check_range("in_flight", self.in_flight, 1, 1_000)
+        _check_range("request_timeout_s", self.request_timeout_s, 0.001, 300)
+        _check_range("max_retries", self.max_retries, 0, 10)
+        _check_range("backoff_multiplier_s", self.backoff_multiplier_s, 0, 60)
+        _check_range("breaker_failures", self.breaker_failures, 1, 1_000_000)
+        _check_range("breaker_reset_s", self.breaker_reset_s, 0.001, 3_600)
+
+    def backoff_s(self, retry_number: int) -> float:
+        return self.backoff_multiplier_s * 2**retry_number
+
+
+SECTIONS: dict[str, type] = {"balance": BalanceSettings, "sms": SmsSettings, "delivery": DeliverySettings}
 
 
 def _check_range(name: str, value: float, lo: float, hi: float) -> None:
@@ -216,3 +243,7 @@ def load_balance(run_overrides: Mapping[str, Any] | None = None, *, deployment: 
 
 def load_sms(run_overrides: Mapping[str, Any] | None = None, *, deployment: bool = True) -> SmsSettings:
     return load("sms", run_overrides, deployment=deployment)
+
+
+def load_delivery(run_overrides: Mapping[str, Any] | None = None, *, deployment: bool = True) -> DeliverySettings:
+    return load("delivery", run_overrides, deployment=deployment)

@@ -28,7 +28,8 @@ CARRIER_STATUSES: dict[str, tuple[str, int]] = {
     "FAILED": ("Failed", 30),
     "UNDELIVERABLE": ("Undeliverable", 30),
 }
-UNCONFIRMED = ("Unconfirmed", 30)
+# Not a carrier status: what expiry of the tracking window writes.
+CARRIER_STATUSES["UNCONFIRMED"] = ("Unconfirmed", 30)
 FINAL_RANK = 30
 # our status -> sms_messages / sms_notifications status
 MIRROR = {
@@ -203,9 +204,7 @@ def record_webhook(
             )
             return "unknown_tracking_id", []
         updates = [
-            StatusUpdate(
-                carrier, update.tracking_id, update.carrier_status, update.status_code, None, update.event_at
-            )
+            StatusUpdate(carrier, update.tracking_id, update.carrier_status, update.status_code, None, update.event_at)
             for (carrier,) in known
         ]
         applied = apply_updates(conn, updates, "webhook", settings)

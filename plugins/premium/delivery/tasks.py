@@ -1,0 +1,173 @@
+"""Task bodies of ``premium_delivery_tracking`` (the DAG file only wires them)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+from airflow.sdk.exceptions import AirflowFailException
+
+from premium.settings import DeliverySettings, load_delivery, load_sms
+
+log = logging.getLogger(__name__)
+
+DELIVERY_PARAM_KEYS = tuple(f.name for f in dataclasses.fields(DeliverySettings))
+
+
+def _settings(context: Any) -> DeliverySettings:
+    params = context.get("params") or {}
+    return load_delivery({k: params[k] for k in DELIVERY_PARAM_KEYS if params.get(k) is not None})
+
+
+def _endpoints() -> dict:
+    from premium.connections import get_connection
+    from premium.sms.carrier import CarrierEndpoint
+    from premium.sms.tasks import PRIMARY_CONN_ID, SECONDARY_CONN_ID
+
+    endpoints = {"primary": CarrierEndpoint.from_connection(get_connection(PRIMARY_CONN_ID), "primary")}
+    try:
+        endpoints["secondary"] = CarrierEndpoint.from_connection(get_connection(SECONDARY_CONN_ID), "secondary")
+    except Exception:  # noqa: BLE001 - no secondary carrier configured
+        pass
+    return endpoints
+
+
+def submissions_of(context: Any) -> tuple[str, list[str]]:
+    """(campaign_id, batch_ids) from every triggering asset event (several may fold into one run),
+    or from the params of a manual run (``campaign_id``, optional ``batch_ids``)."""
+    events = context.get("triggering_asset_events") or {}
+    campaigns: set[str] = set()
+    batches: list[str] = []
+    for asset_events in events.values():
+        for event in asset_events:
+            extra = event.extra or {}
+            if extra.get("campaign_id"):
+                campaigns.add(extra["campaign_id"])
+            batches.extend(b for b in extra.get("batch_ids") or [] if b not in batches)
+    params = context.get("params") or {}
+    if not campaigns and params.get("campaign_id"):
+        campaigns.add(params["campaign_id"])
+        batches = list(params.get("batch_ids") or [])
+    if len(campaigns) != 1:
+        raise AirflowFailException(f"expected the submissions of one campaign, got {sorted(campaigns) or 'none'}")
+    return campaigns.pop(), batches
+
+
+def register(context: Any) -> dict[str, Any]:
+    import psycopg
+
+    from premium.connections import premium_db_kwargs
+    from premium.delivery.tracking import register as register_run
+
+    campaign_id, batch_ids = submissions_of(context)
+    conninfo = premium_db_kwargs()
+    if not batch_ids:
+        with psycopg.connect(**conninfo) as conn:
+            batch_ids = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT batch_id FROM sms_batches WHERE campaign_id = %s AND status IN ('ACCEPTED', 'PARTIAL') "
+                    "ORDER BY batch_id",
+                    (campaign_id,),
+                )
+            ]
+    settings = _settings(context)
+    run = register_run(conninfo, context["dag_run"].run_id, campaign_id, batch_ids, settings)
+    log.info(
+        "tracking %d batches of %s until %s, polling every %.0fs",
+        len(run.batch_ids),
+        campaign_id,
+        run.deadline.isoformat(),
+        run.poll_interval_s,
+    )
+    return {"campaign_id": campaign_id, "batches": len(run.batch_ids)}
+
+
+def _resubmitter(conninfo: dict[str, Any], context: Any, run: Any):
+    def resubmit(campaign_id: str) -> int:
+        import psycopg
+
+        from premium.banking.stage import correlation_id_for
+        from premium.crypto import PiiKeyring
+        from premium.sms.render import SmsRenderer
+        from premium.sms.submit import submit
+
+        with psycopg.connect(**conninfo) as conn:
+            # Retry batches are numbered after the submission's own: BATCH-<its check date>-<next>.
+            check_date = conn.execute(
+                "SELECT max(check_date) FROM sms_batches WHERE batch_id = ANY(%s)", (run.batch_ids,)
+            ).fetchone()[0]
+        sms_settings = load_sms()
+        summary = submit(
+            conninfo,
+            campaign_id,
+            check_date,
+            sms_settings,
+            _endpoints(),
+            PiiKeyring.from_connection(),
+            SmsRenderer(max_segments=sms_settings.max_segments, bank_name=sms_settings.bank_name),
+            correlation_id_for(context["dag_run"].run_id, check_date),
+        )
+        log.info("resubmitted retries of %s: %s", campaign_id, summary.as_dict())
+        return summary.messages_accepted
+
+    return resubmit
+
+
+def poll(context: Any):
+    import psycopg
+
+    from premium.connections import premium_db_kwargs
+    from premium.delivery.tracking import load_run, poll_once
+
+    conninfo = premium_db_kwargs()
+    with psycopg.connect(**conninfo) as conn:
+        run = load_run(conn, context["dag_run"].run_id)
+    return poll_once(conninfo, run, _settings(context), load_sms(), _endpoints(), _resubmitter(conninfo, context, run))
+
+
+def next_poll_in_s(context: Any, outcome: Any) -> float:
+    """The run's interval, or less when the window closes sooner."""
+    import psycopg
+
+    from premium.connections import premium_db_kwargs
+
+    with psycopg.connect(**premium_db_kwargs()) as conn:
+        interval = conn.execute(
+            "SELECT poll_interval_s FROM delivery_tracking_runs WHERE dag_run_id = %s", (context["dag_run"].run_id,)
+        ).fetchone()[0]
+    return max(0.1, min(interval, outcome.seconds_to_deadline + 0.1))
+
+
+def finalize(context: Any) -> dict[str, Any]:
+    import psycopg
+
+    from premium.alerts import raise_alert
+    from premium.assets import DELIVERY_CONFIRMED
+    from premium.connections import premium_db_kwargs
+    from premium.delivery.tracking import finalize as finalize_run
+    from premium.delivery.tracking import load_run
+
+    conninfo = premium_db_kwargs()
+    with psycopg.connect(**conninfo) as conn:
+        run = load_run(conn, context["dag_run"].run_id)
+    counts = finalize_run(conninfo, run, load_sms())
+    ids = {"dag_id": context["dag"].dag_id, "run_id": context["dag_run"].run_id, "task_id": "finalize_deliveries"}
+    if counts.get("undeliverable"):
+        raise_alert(
+            "sms_undeliverable",
+            f"{run.campaign_id}: {counts['undeliverable']} messages undeliverable (escalate: invalid numbers)",
+            severity="warning",
+            details=counts,
+            **ids,
+        )
+    if counts.get("failed"):
+        raise_alert(
+            "sms_retry_exhaustion",
+            f"{run.campaign_id}: {counts['failed']} messages failed with no retry left",
+            details=counts,
+            **ids,
+        )
+    context["outlet_events"][DELIVERY_CONFIRMED].extra = {"campaign_id": run.campaign_id, **counts}
+    return counts
