@@ -17,7 +17,10 @@ step() { printf '\n==> %s\n' "$*"; }
 
 step "PostgreSQL at $PREMIUM_PG_HOST:$PREMIUM_PG_PORT"
 "$PY" -m premium.cli check-postgres --host "$PREMIUM_PG_HOST" --port "$PREMIUM_PG_PORT"
-"$PY" -m premium.cli create-databases "$AIRFLOW_DB_NAME" "$PREMIUM_DB_NAME" \
+"$PY" -m premium.cli create-databases "$AIRFLOW_DB_NAME" \
+    --host "$PREMIUM_PG_HOST" --port "$PREMIUM_PG_PORT" --user "$PREMIUM_PG_USER"
+# The demo's application database starts empty every time, so that every run shows the same month.
+"$PY" -m premium.cli create-databases "$PREMIUM_DB_NAME" --recreate \
     --host "$PREMIUM_PG_HOST" --port "$PREMIUM_PG_PORT" --user "$PREMIUM_PG_USER"
 
 step "Airflow metadata DB ($AIRFLOW_DB_NAME) and application schema ($PREMIUM_DB_NAME)"

@@ -40,7 +40,12 @@ def _create_databases(args: argparse.Namespace) -> int:
 
     with psycopg.connect(host=args.host, port=args.port, user=args.user, dbname="postgres", autocommit=True) as conn:
         for name in args.names:
-            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+            if exists and args.recreate:
+                conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+                print(f"dropped database {name}")
+                exists = None
+            if not exists:
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
                 print(f"created database {name}")
     return 0
@@ -167,6 +172,16 @@ def _campaign_summary(args: argparse.Namespace) -> int:
                 (campaign_id,),
             ).fetchall()
         )
+        delivery = conn.execute(
+            """
+            SELECT count(*) FILTER (WHERE status = 'DELIVERED'), count(*) FILTER (WHERE status = 'FAILED'),
+                   count(*) FILTER (WHERE status = 'UNDELIVERABLE'), count(*) FILTER (WHERE attempts > 1),
+                   count(*) FILTER (WHERE status = 'UNCONFIRMED'),
+                   count(*) FILTER (WHERE status IN ('PENDING', 'QUEUED', 'SENT', 'NO_STATUS'))
+            FROM sms_notifications WHERE campaign_id = %s
+            """,
+            (campaign_id,),
+        ).fetchone()
         encodings = dict(
             conn.execute(
                 "SELECT encoding || ' x' || segments, count(*) FROM sms_notifications WHERE campaign_id = %s GROUP BY 1",
@@ -177,6 +192,9 @@ def _campaign_summary(args: argparse.Namespace) -> int:
     keys += ["failed_over", "buffered", "status", "detail"]
     data = dict(zip(keys, run, strict=True))
     data.update(notifications=notifications, batches_by_carrier=batches, encodings=encodings)
+    data["delivery"] = dict(
+        zip(("delivered", "failed", "undeliverable", "retried", "unconfirmed", "in_progress"), delivery, strict=True)
+    )
     if args.json:
         print(json.dumps({"check_date": args.date.isoformat(), **data}, default=str))
         return 0
@@ -195,6 +213,11 @@ def _campaign_summary(args: argparse.Namespace) -> int:
     print(f"  failed over        {data['failed_over'] or 0:>8}   buffered {data['buffered'] or 0}")
     print(f"  campaign so far    {sum(notifications.values()):>8}   {notifications}")
     print(f"  encodings          {encodings}")
+    d = data["delivery"]
+    print(
+        f"  delivery           delivered {d['delivered']}, failed {d['failed']}, undeliverable {d['undeliverable']}, "
+        f"retried {d['retried']}, unconfirmed {d['unconfirmed']}, in progress {d['in_progress']}"
+    )
     if data["detail"]:
         print(f"  note               {data['detail']}")
     return 0
@@ -214,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5432)
     p.add_argument("--user", default="postgres")
+    p.add_argument("--recreate", action="store_true", help="drop and create (the demo's own database only)")
     p.set_defaults(func=_create_databases)
 
     sub.add_parser("migrate").set_defaults(func=_migrate)
