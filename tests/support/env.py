@@ -47,6 +47,7 @@ def apply() -> None:
     }
     os.environ.update(env)
 
+
 TEST_SMS_API_KEY = "test-sms-api-key-2b81d0"
 TEST_SMS_SECONDARY_API_KEY = "test-sms-secondary-key-91c3aa"
 # Standard Webhooks secret (whsec_ + base64 of 24 fixed bytes): test-only.
