@@ -26,7 +26,7 @@ pytestmark = pytest.mark.integration
 
 D = date(2025, 11, 18)
 CAMPAIGN = campaign_id_for(D)
-FAST_TRACKING = {"campaign_id": CAMPAIGN, "poll_interval_s": 0.5, "window_s": 15}
+FAST_TRACKING = {"campaign_id": CAMPAIGN, "poll_interval_s": 0.5, "window_s": 40}
 SMS_FAST = SmsSettings(backoff_multiplier_s=0.001)
 
 # §6.2 "SMS delivery rate by hour", unchanged
@@ -115,12 +115,23 @@ def test_a_submission_is_tracked_to_its_final_states(submitted) -> None:
             """
         ).fetchone()[0]
         counts = conn.execute("SELECT counts FROM delivery_tracking_runs").fetchone()[0]
+        # every message's current status is the last step of its history
+        history_mismatches = conn.execute(
+            """
+            SELECT count(*) FROM delivery_status d
+            WHERE d.status IS DISTINCT FROM (
+                SELECT h.to_status FROM delivery_status_history h WHERE h.message_id = d.message_id
+                ORDER BY h.id DESC LIMIT 1)
+            """
+        ).fetchone()[0]
+        sources = {r[0] for r in conn.execute("SELECT DISTINCT source FROM delivery_status_history")}
     assert got == expected
     classes = Counter(v[0] for v in got.values())
     assert {"DELIVERED", "UNDELIVERABLE", "UNCONFIRMED"} <= set(classes), classes
     assert any(a > 1 for _, a in got.values()), "some failures should have been retried"
     assert all(a <= 3 for _, a in got.values())
     assert open_rows == 0 and history_downgrades == 0
+    assert history_mismatches == 0 and sources == {"submission", "poll", "expiry"}
     assert counts["delivered"] == classes["DELIVERED"] and counts["retried"] == sum(1 for _, a in got.values() if a > 1)
     # never twice to the carrier for one attempt
     ids = [m["messageId"] for m in sim.call("GET", "/_sim/received")]

@@ -78,33 +78,36 @@ CREATE TEMP TABLE IF NOT EXISTS staging_status_updates (
 ) ON COMMIT DROP
 """
 
+# `current` locks the rows and carries the incoming values; `changed` reads from it (an UPDATE
+# and a SELECT … FOR UPDATE of the same rows in one statement would hide them from each other).
 _APPLY = """
 WITH incoming AS (
     SELECT DISTINCT ON (carrier, tracking_id) * FROM staging_status_updates
     ORDER BY carrier, tracking_id, status_rank DESC
 ),
 current AS (
-    SELECT d.message_id, d.status AS from_status
+    SELECT d.message_id, d.status AS from_status, i.status AS to_status, i.status_rank AS to_rank,
+           i.status_code AS new_code, i.status_message AS new_message, i.event_at
     FROM delivery_status d JOIN incoming i ON d.carrier = i.carrier AND d.tracking_id = i.tracking_id
     ORDER BY d.message_id
     FOR UPDATE OF d
 ),
 changed AS (
     UPDATE delivery_status d SET
-        status = i.status, status_rank = i.status_rank, status_code = coalesce(i.status_code, d.status_code),
-        status_message = coalesce(i.status_message, d.status_message),
-        delivered_at = CASE WHEN i.status = 'Delivered' THEN coalesce(i.event_at, now()) ELSE d.delivered_at END,
-        last_event_at = i.event_at, last_source = %(source)s,
+        status = cur.to_status, status_rank = cur.to_rank, status_code = coalesce(cur.new_code, d.status_code),
+        status_message = coalesce(cur.new_message, d.status_message),
+        delivered_at = CASE WHEN cur.to_status = 'Delivered' THEN coalesce(cur.event_at, now()) ELSE d.delivered_at END,
+        last_event_at = cur.event_at, last_source = %(source)s,
         polls = d.polls + CASE WHEN %(source)s = 'poll' THEN 1 ELSE 0 END,
         updated_at = now()
-    FROM incoming i
-    WHERE d.carrier = i.carrier AND d.tracking_id = i.tracking_id AND d.status_rank < i.status_rank
-    RETURNING d.message_id, d.notification_id, d.status, d.status_code, i.event_at
+    FROM current cur
+    WHERE d.message_id = cur.message_id AND d.status_rank < cur.to_rank
+    RETURNING d.message_id, d.notification_id, d.status, d.status_code, cur.event_at, cur.from_status
 ),
 history AS (
     INSERT INTO delivery_status_history (message_id, from_status, to_status, status_code, source, event_at)
-    SELECT c.message_id, cur.from_status, c.status, c.status_code, %(source)s, c.event_at
-    FROM changed c JOIN current cur ON cur.message_id = c.message_id
+    SELECT c.message_id, c.from_status, c.status, c.status_code, %(source)s, c.event_at
+    FROM changed c
 ),
 messages AS (
     UPDATE sms_messages m SET status = %(mirror)s::jsonb ->> c.status, status_code = c.status_code, updated_at = now()
@@ -178,9 +181,17 @@ def register_accepted(cur: Any, carrier: str, accepted: dict[str, str]) -> None:
         FROM sms_messages m
         WHERE m.message_id = ANY(%s) AND m.tracking_id IS NOT NULL
         ON CONFLICT DO NOTHING
+        RETURNING message_id
         """,
         (carrier, list(accepted)),
     )
+    started = [r[0] for r in cur.fetchall()]
+    if started:
+        cur.execute(
+            "INSERT INTO delivery_status_history (message_id, from_status, to_status, source) "
+            "SELECT unnest(%s::text[]), NULL, 'Queued', 'submission'",
+            (started,),
+        )
 
 
 def record_webhook(

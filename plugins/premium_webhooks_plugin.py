@@ -1,0 +1,22 @@
+"""Airflow plugin: the SMS delivery-callback endpoint (§3.5) on the Airflow API server.
+
+Mounts :data:`premium.webhooks.app.app` at ``/premium``, so the carrier posts to
+``POST /premium/api/webhooks/sms-delivery`` (the default ``callback_url`` of the SMS settings).
+The route carries no Airflow authentication: the carrier has no Airflow credentials, and the
+Standard Webhooks signature is checked instead (see :mod:`premium.webhooks.verify`).
+
+This file stays thin: the plugin manager imports every top-level module of plugins/ in every
+Airflow component (``premium/`` itself is listed in plugins/.airflowignore), and registers every
+AirflowPlugin subclass found in its namespace — import no other plugin class here.
+"""
+
+from __future__ import annotations
+
+from airflow.plugins_manager import AirflowPlugin
+
+from premium.webhooks.app import app as webhooks_app
+
+
+class PremiumWebhooksPlugin(AirflowPlugin):
+    name = "premium_webhooks"
+    fastapi_apps = [{"app": webhooks_app, "url_prefix": "/premium", "name": "premium-webhooks"}]

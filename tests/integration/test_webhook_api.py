@@ -1,0 +1,413 @@
+"""Delivery callbacks through the real Airflow API server (``airflow api-server``) and PostgreSQL.
+
+The plugin (plugins/premium_webhooks_plugin.py) mounts the webhook app at /premium; the carrier's
+signed callbacks change delivery_status through premium.delivery.state.record_webhook.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import json
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import psycopg
+import pytest
+from standardwebhooks import Webhook
+
+from premium.delivery.state import CARRIER_STATUSES, StatusUpdate, apply_updates
+from premium.settings import SmsSettings
+from premium.simulators import carrier_model as cm
+from tests.support import env
+from tests.support.apiserver import ApiServer
+from tests.support.carrier import carrier
+from tests.support.customers import add_customer
+
+pytestmark = pytest.mark.integration
+
+ROUTE = "/premium/api/webhooks/sms-delivery"
+NEW = env.TEST_WEBHOOK_SECRET
+OLD = "whsec_" + base64.b64encode(b"premium-old-webhook-key!").decode()  # still accepted (rotation)
+OTHER = "whsec_" + base64.b64encode(b"somebody-else-webhook-key").decode()
+PHONE = "+972521234567"
+RANK = {ours: rank for ours, rank in CARRIER_STATUSES.values()}
+_numbers = itertools.count(1)
+
+
+@pytest.fixture(scope="module")
+def api(app_db):
+    webhook_conn = {"conn_type": "generic", "password": NEW, "extra": {"secrets": [OLD]}}
+    with ApiServer(connections={"sms_carrier_webhook": json.dumps(webhook_conn)}) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def client(api):
+    with httpx.Client(base_url=api.base_url, trust_env=False, timeout=30.0) as c:
+        yield c
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Msg:
+    message_id: str
+    tracking_id: str
+
+
+def make_messages(conn: psycopg.Connection, n: int, tracking_ids: list[str] | None = None) -> list[Msg]:
+    """``n`` submitted messages (customer, notification, message, delivery_status Queued/rank 10)."""
+    batch = next(_numbers)
+    batch_id = f"BATCH-20251118-{batch:03d}"
+    out: list[Msg] = []
+    with conn.transaction():
+        conn.execute(
+            "INSERT INTO sms_batches (batch_id, campaign_id, check_date, seq, carrier, status, messages, "
+            "correlation_id, submitted_at) VALUES (%s, 'CAMP-WH', '2025-11-18', %s, 'primary', 'ACCEPTED', %s, "
+            "'corr-wh', now())",
+            (batch_id, batch, n),
+        )
+        for i in range(n):
+            number = batch * 10_000 + i
+            customer_id = add_customer(conn, number)
+            message_id = f"MSG-WH-{number}"
+            tracking_id = tracking_ids[i] if tracking_ids else f"WH-TRACK-{number:08d}"
+            (notification_id,) = conn.execute(
+                "INSERT INTO sms_notifications (campaign_id, customer_id, check_date, status, attempts, "
+                "current_message_id, language, template_id, encoding, segments, correlation_id) "
+                "VALUES ('CAMP-WH', %s, '2025-11-18', 'QUEUED', 1, %s, 'he', 'balance_he', 'UCS2', 1, 'corr-wh') "
+                "RETURNING notification_id",
+                (customer_id, message_id),
+            ).fetchone()
+            conn.execute(
+                "INSERT INTO sms_messages (message_id, notification_id, campaign_id, customer_id, attempt, batch_id, "
+                "carrier, tracking_id, status, encoding, segments, correlation_id, submitted_at) "
+                "VALUES (%s, %s, 'CAMP-WH', %s, 1, %s, 'primary', %s, 'QUEUED', 'UCS2', 1, 'corr-wh', now())",
+                (message_id, notification_id, customer_id, batch_id, tracking_id),
+            )
+            conn.execute(
+                "INSERT INTO delivery_status (message_id, notification_id, campaign_id, customer_id, carrier, "
+                "tracking_id, status, status_rank, last_source, created_at) "
+                "VALUES (%s, %s, 'CAMP-WH', %s, 'primary', %s, 'Queued', 10, 'submission', now())",
+                (message_id, notification_id, customer_id, tracking_id),
+            )
+            out.append(Msg(message_id, tracking_id))
+    return out
+
+
+def payload(tracking_id: str, status: str = "DELIVERED", **extra) -> dict:
+    body = {
+        "trackingId": tracking_id,
+        "messageId": "MSG-X",
+        "status": status,
+        "deliveryTimestamp": "2025-11-18T09:05:30Z" if status == "DELIVERED" else None,
+        "phoneNumber": PHONE,
+        "statusCode": "0" if status == "DELIVERED" else None,
+    }
+    body.update(extra)
+    return body
+
+
+def signed(
+    body: dict | bytes, secret: str = NEW, webhook_id: str | None = None, at: datetime | None = None
+) -> tuple[bytes, dict[str, str]]:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    webhook_id = webhook_id or f"evt_{uuid.uuid4().hex}"
+    at = at or datetime.now(UTC)
+    headers = {
+        "content-type": "application/json",
+        "webhook-id": webhook_id,
+        "webhook-timestamp": str(int(at.timestamp())),
+        "webhook-signature": Webhook(secret).sign(webhook_id, at, raw.decode()),
+    }
+    return raw, headers
+
+
+def post(client: httpx.Client, body: dict | bytes, **kw) -> httpx.Response:
+    raw, headers = signed(body, **kw)
+    return client.post(ROUTE, content=raw, headers=headers)
+
+
+def status_of(conn: psycopg.Connection, message_id: str) -> str:
+    return conn.execute("SELECT status FROM delivery_status WHERE message_id = %s", (message_id,)).fetchone()[0]
+
+
+def history(conn: psycopg.Connection, message_id: str) -> list[tuple[str, str, str]]:
+    return conn.execute(
+        "SELECT from_status, to_status, source FROM delivery_status_history WHERE message_id = %s ORDER BY id",
+        (message_id,),
+    ).fetchall()
+
+
+def assert_monotonic(rows: list[tuple[str, str, str]], final: str) -> None:
+    """Each change starts where the previous ended and ranks higher: no downgrade, ever."""
+    current = "Queued"
+    for from_status, to_status, _ in rows:
+        assert from_status == current and RANK[to_status] > RANK[from_status], rows
+        current = to_status
+    assert current == final, rows
+
+
+def count(conn: psycopg.Connection, sql: str, *args) -> int:
+    return conn.execute(sql, args).fetchone()[0]
+
+
+# -- answers ---------------------------------------------------------------------------------------
+
+
+def test_valid_callback_is_processed(api, client, db):
+    (m,) = make_messages(db, 1)
+    resp = post(client, payload(m.tracking_id), webhook_id="evt_valid_1")
+    assert (resp.status_code, resp.json()) == (200, {"status": "processed"})
+    assert status_of(db, m.message_id) == "Delivered"
+    assert history(db, m.message_id) == [("Queued", "Delivered", "webhook")]
+    row = db.execute(
+        "SELECT m.status, n.status, d.status_code, d.delivered_at, d.last_source FROM sms_messages m "
+        "JOIN sms_notifications n USING (notification_id) JOIN delivery_status d USING (message_id) "
+        "WHERE m.message_id = %s",
+        (m.message_id,),
+    ).fetchone()
+    assert row == ("DELIVERED", "DELIVERED", "0", datetime(2025, 11, 18, 9, 5, 30, tzinfo=UTC), "webhook")
+    events = db.execute("SELECT webhook_id, tracking_id, status, outcome FROM webhook_events").fetchall()
+    assert events == [("evt_valid_1", m.tracking_id, "DELIVERED", "applied")]
+
+
+def test_rotated_old_secret_is_accepted_and_no_airflow_auth_is_needed(api, client, db):
+    (m,) = make_messages(db, 1)
+    resp = post(client, payload(m.tracking_id, "SENT"), secret=OLD)  # no Airflow token or cookie either
+    assert (resp.status_code, resp.json()) == (200, {"status": "processed"})
+    assert status_of(db, m.message_id) == "Sent"
+    assert history(db, m.message_id) == [("Queued", "Sent", "webhook")]
+
+
+def test_failed_status_decides_the_retry_with_the_sms_settings(api, client, db):
+    (m,) = make_messages(db, 1)
+    resp = post(client, payload(m.tracking_id, "FAILED", statusCode="21614"))
+    assert resp.status_code == 200
+    row = db.execute(
+        "SELECT d.status, d.retry_decision, n.status, n.current_message_id FROM delivery_status d "
+        "JOIN sms_notifications n USING (notification_id) WHERE d.message_id = %s",
+        (m.message_id,),
+    ).fetchone()
+    assert row == ("Failed", "retry", "PENDING", None)
+
+
+@pytest.mark.parametrize("case", ["wrong_secret", "stale", "future", "unsigned", "tampered"])
+def test_bad_signatures_are_401_and_change_nothing(api, client, db, case):
+    (m,) = make_messages(db, 1)
+    body = payload(m.tracking_id)
+    if case == "wrong_secret":
+        resp = post(client, body, secret=OTHER)
+    elif case == "stale":
+        resp = post(client, body, at=datetime.now(UTC) - timedelta(minutes=6))
+    elif case == "future":
+        resp = post(client, body, at=datetime.now(UTC) + timedelta(minutes=6))
+    elif case == "unsigned":
+        resp = client.post(ROUTE, json=body)
+    else:
+        raw, headers = signed(payload(m.tracking_id, "SENT"))
+        resp = client.post(ROUTE, content=raw.replace(b'"SENT"', b'"DELIVERED"'), headers=headers)
+    assert resp.status_code == 401, resp.text
+    assert set(resp.json()) == {"detail"}
+    assert status_of(db, m.message_id) == "Queued"
+    assert count(db, "SELECT count(*) FROM delivery_status_history") == 0
+    assert count(db, "SELECT count(*) FROM webhook_events") == 0
+
+
+def test_replayed_webhook_id_is_answered_200_without_a_second_effect(api, client, db):
+    (m,) = make_messages(db, 1)
+    first = post(client, payload(m.tracking_id), webhook_id="evt_replay")
+    again = post(client, payload(m.tracking_id), webhook_id="evt_replay")  # re-signed, later timestamp
+    other_body = post(client, payload(m.tracking_id, "FAILED", statusCode="21614"), webhook_id="evt_replay")
+    assert [r.status_code for r in (first, again, other_body)] == [200, 200, 200]
+    assert all(r.json() == {"status": "processed"} for r in (first, again, other_body))
+    assert history(db, m.message_id) == [("Queued", "Delivered", "webhook")]
+    assert count(db, "SELECT count(*) FROM webhook_events") == 1
+
+
+def test_out_of_order_sent_after_delivered_changes_nothing(api, client, db):
+    (m,) = make_messages(db, 1)
+    assert post(client, payload(m.tracking_id, "DELIVERED")).status_code == 200
+    late = post(client, payload(m.tracking_id, "SENT"))
+    assert (late.status_code, late.json()) == (200, {"status": "processed"})
+    assert status_of(db, m.message_id) == "Delivered"
+    assert history(db, m.message_id) == [("Queued", "Delivered", "webhook")]
+    outcomes = db.execute("SELECT status, outcome FROM webhook_events ORDER BY received_at").fetchall()
+    assert outcomes == [("DELIVERED", "applied"), ("SENT", "no_change")]
+
+
+def test_malformed_json_is_400(api, client, db):
+    (m,) = make_messages(db, 1)
+    resp = post(client, b'{"trackingId": "' + m.tracking_id.encode() + b'", "status": ')
+    assert resp.status_code == 400
+    assert resp.json()["detail"].startswith("malformed JSON body")
+    assert count(db, "SELECT count(*) FROM webhook_events") == 0
+
+
+def test_missing_tracking_id_is_422_naming_it_without_the_phone(api, client, db):
+    body = payload("x")
+    del body["trackingId"]
+    resp = post(client, body)
+    assert resp.status_code == 422
+    detail = resp.json()
+    assert "trackingId" in detail["detail"] and [e["field"] for e in detail["errors"]] == ["trackingId"]
+    assert PHONE not in resp.text
+    bad_status = post(client, payload("T-1", "delivered"))
+    assert bad_status.status_code == 422 and "status" in bad_status.json()["detail"] and PHONE not in bad_status.text
+    assert count(db, "SELECT count(*) FROM webhook_events") == 0
+
+
+def test_unknown_tracking_id_is_recorded_and_answered_202(api, client, db):
+    resp = post(client, payload("NOBODY-TRACK-00000001"), webhook_id="evt_unknown")
+    assert (resp.status_code, resp.json()) == (202, {"status": "ignored", "reason": "unknown trackingId"})
+    events = db.execute("SELECT webhook_id, tracking_id, outcome FROM webhook_events").fetchall()
+    assert events == [("evt_unknown", "NOBODY-TRACK-00000001", "unknown_tracking_id")]
+
+
+def test_no_secret_configured_is_503_and_nothing_is_processed(app_db, db):
+    """A second API server without connection sms_carrier_webhook (nor sms_carrier): 503, nothing recorded."""
+    (m,) = make_messages(db, 1)
+    with ApiServer() as bare, httpx.Client(base_url=bare.base_url, trust_env=False, timeout=30.0) as c:
+        signed_resp = post(c, payload(m.tracking_id))
+        unsigned_resp = c.post(ROUTE, content=b"{not json")
+    for resp in (signed_resp, unsigned_resp):
+        assert (resp.status_code, resp.json()) == (503, {"detail": "webhook secret not configured"})
+    assert status_of(db, m.message_id) == "Queued"
+    assert count(db, "SELECT count(*) FROM webhook_events") == 0
+
+
+# -- concurrency -----------------------------------------------------------------------------------
+
+
+async def _post_concurrently(base_url: str, requests: list[tuple[bytes, dict[str, str]]]) -> list[httpx.Response]:
+    limits = httpx.Limits(max_connections=len(requests), max_keepalive_connections=len(requests))
+    async with httpx.AsyncClient(base_url=base_url, trust_env=False, timeout=60.0, limits=limits) as c:
+        return await asyncio.gather(*(c.post(ROUTE, content=raw, headers=h) for raw, h in requests))
+
+
+def test_200_concurrent_callbacks_nothing_lost_nothing_counted_twice(api, db):
+    msgs = make_messages(db, 200)
+    requests = [signed(payload(m.tracking_id), webhook_id=f"evt_conc_{i}") for i, m in enumerate(msgs)]
+    # 50 of them delivered twice at the same moment (a carrier retry racing its first attempt)
+    requests += [signed(payload(m.tracking_id), webhook_id=f"evt_conc_{i}") for i, m in enumerate(msgs[:50])]
+    started = time.monotonic()
+    responses = asyncio.run(_post_concurrently(api.base_url, requests))
+    elapsed = time.monotonic() - started
+    assert [r.status_code for r in responses] == [200] * 250, [r.text for r in responses if r.status_code != 200]
+    assert count(db, "SELECT count(*) FROM delivery_status_history") == 200
+    assert count(db, "SELECT count(DISTINCT message_id) FROM delivery_status_history") == 200
+    assert count(db, "SELECT count(*) FROM delivery_status WHERE status = 'Delivered'") == 200
+    assert count(db, "SELECT count(*) FROM webhook_events WHERE outcome = 'applied'") == 200
+    assert elapsed < 30, elapsed
+
+
+def test_webhook_racing_a_poll_never_downgrades(api, client, db, app_db):
+    settings = SmsSettings()
+    msgs = make_messages(db, 20)
+    with psycopg.connect(**app_db, autocommit=True) as poll_conn, ThreadPoolExecutor(2) as pool:
+        for i, m in enumerate(msgs):
+            barrier = threading.Barrier(2)
+            raw, headers = signed(payload(m.tracking_id, "DELIVERED"))
+
+            def poll(m=m, barrier=barrier, delay=(i % 5) * 0.002):
+                barrier.wait()
+                time.sleep(delay)  # vary who wins
+                return apply_updates(poll_conn, [StatusUpdate("primary", m.tracking_id, "SENT")], "poll", settings)
+
+            def webhook(barrier=barrier, raw=raw, headers=headers):
+                barrier.wait()
+                return client.post(ROUTE, content=raw, headers=headers)
+
+            polled, hooked = pool.submit(poll), pool.submit(webhook)
+            polled.result()
+            assert hooked.result().status_code == 200
+    for m in msgs:
+        assert status_of(db, m.message_id) == "Delivered"
+        assert_monotonic(history(db, m.message_id), "Delivered")
+        assert (
+            count(
+                db,
+                "SELECT count(*) FROM delivery_status_history WHERE to_status = 'Delivered' AND message_id = %s",
+                m.message_id,
+            )
+            == 1
+        )
+
+
+# -- the carrier simulator's own signed callbacks --------------------------------------------------
+
+
+def _phone_delivered_on_first_attempt() -> str:
+    for i in range(1000):
+        phone = f"+9725290{i:05d}"
+        if not cm.invalid_at_submission(phone) and cm.outcome_for(phone, 0).status == cm.DELIVERED:
+            return phone
+    raise AssertionError("no phone found")
+
+
+def test_carrier_simulator_callbacks_reach_the_api_server(api, db):
+    name = "webhooks"
+    tracking_id = cm.tracking_id(name, 1)  # the first message this fresh simulator accepts
+    (m,) = make_messages(db, 1, tracking_ids=[tracking_id])
+    phone = _phone_delivered_on_first_attempt()
+    with carrier(name, env.TEST_SMS_API_KEY, webhooks=True) as sim:
+        batch = {
+            "batchId": "BATCH-20251118-901",
+            "messages": [
+                {
+                    "messageId": m.message_id,
+                    "phoneNumber": phone,
+                    "content": "Your balance qualifies you for Premium.",
+                    "priority": "HIGH",
+                    "callbackUrl": api.url(ROUTE),
+                }
+            ],
+            "metadata": {"campaignId": "CAMP-WH", "correlationId": "corr-wh"},
+        }
+        resp = httpx.post(
+            sim.base_url + "/api/v1/messages/batch",
+            json=batch,
+            headers={"Authorization": f"Bearer {env.TEST_SMS_API_KEY}"},
+            trust_env=False,
+        )
+        assert resp.status_code == 202, resp.text
+        assert resp.json()["messages"][0]["trackingId"] == tracking_id
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            stats = sim.stats()
+            if status_of(db, m.message_id) == "Delivered" and stats["callbacks_sent"] == 2:
+                break
+            time.sleep(0.1)
+        assert status_of(db, m.message_id) == "Delivered", sim.stats()
+        assert stats["callbacks_by_status"] == {"200": 2}, stats
+    assert_monotonic(history(db, m.message_id), "Delivered")
+    assert all(source == "webhook" for _, _, source in history(db, m.message_id))
+    events = dict(db.execute("SELECT webhook_id, outcome FROM webhook_events").fetchall())
+    assert set(events) == {f"evt_{tracking_id}_SENT", f"evt_{tracking_id}_DELIVERED"}
+    assert events[f"evt_{tracking_id}_DELIVERED"] == "applied"
+    assert phone not in api.log_text()
+
+
+# -- PII -------------------------------------------------------------------------------------------
+
+
+def test_server_log_names_outcomes_never_the_phone(api, client, db):
+    (m,) = make_messages(db, 1)
+    assert post(client, payload(m.tracking_id), webhook_id="evt_logged").status_code == 200
+    body = payload("T-1")
+    del body["trackingId"]
+    assert post(client, body).status_code == 422
+    time.sleep(0.3)  # the log is written by another process
+    log = api.log_text()
+    assert f"webhook evt_logged tracking {m.tracking_id} status DELIVERED: applied" in log
+    assert "invalid payload" in log
+    assert PHONE not in log
+    assert PHONE.removeprefix("+") not in log
