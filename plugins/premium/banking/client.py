@@ -34,6 +34,8 @@ from purgatory import AsyncCircuitBreakerFactory
 from purgatory.domain.model import OpenedState
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 
+from premium.audit import BANKING_API_CALL, AuditLog
+from premium.audit import mask_account as mask_account
 from premium.settings import BalanceSettings
 
 log = logging.getLogger(__name__)
@@ -157,18 +159,20 @@ def build_ssl_context(
     return ctx
 
 
-def mask_account(account_id: str) -> str:
-    """ACC-12345-67890 -> ACC-1****890: enough to correlate in logs, not to identify."""
-    return account_id[:5] + "****" + account_id[-3:] if len(account_id) > 8 else "****"
-
-
 class CoreBankingClient:
     """One run's client: ``async with CoreBankingClient(...) as client: await client.get_balance(...)``."""
 
     def __init__(
-        self, endpoint: BankEndpoint, settings: BalanceSettings, correlation_id: str, *, sleep=asyncio.sleep
+        self,
+        endpoint: BankEndpoint,
+        settings: BalanceSettings,
+        correlation_id: str,
+        *,
+        sleep=asyncio.sleep,
+        audit: AuditLog | None = None,
     ) -> None:
         self.endpoint = endpoint
+        self.audit = audit if audit is not None else AuditLog()
         self.settings = settings
         self.correlation_id = correlation_id
         self.stats = ClientStats()
@@ -233,14 +237,14 @@ class CoreBankingClient:
             self.stats.breaker_transitions.append(event.state)
             (log.warning if event.state != "closed" else log.info)("%s", message)
 
-    async def _guarded(self, account_id: str, as_of: date) -> BalanceResult | tuple[int, bytes]:
+    async def _guarded(self, account_id: str, as_of: date, attempts: list[int]) -> tuple[int, bytes]:
         if self._breaker.context.state != "closed":
             # Open or half-open: one probe at a time; the others wait for its verdict.
             async with self._probe_lock:
                 async with self._breaker:
-                    return await self._request(account_id, as_of)
+                    return await self._request(account_id, as_of, attempts)
         async with self._breaker:
-            return await self._request(account_id, as_of)
+            return await self._request(account_id, as_of, attempts)
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -255,22 +259,39 @@ class CoreBankingClient:
             state.upcoming_sleep,
         )
 
-    async def _request(self, account_id: str, as_of: date) -> tuple[int, bytes]:
+    def _audit(self, account_id: str, status: str | int, started: float, attempt: int, code: str | None = None):
+        self.audit.record(
+            BANKING_API_CALL,
+            endpoint=f"/api/v1/accounts/{mask_account(account_id)}/balance",
+            method="GET",
+            status=status,
+            duration_ms=(time.perf_counter() - started) * 1000,
+            attempt=attempt,
+            correlation_id=self.correlation_id,
+            error_code=code,
+        )
+
+    async def _request(self, account_id: str, as_of: date, attempts: list[int]) -> tuple[int, bytes]:
         assert self._session is not None, "use the client as an async context manager"
         url = f"{self.endpoint.base_url}/api/v1/accounts/{quote(account_id, safe='')}/balance"
         params = {"asOfDate": as_of.isoformat(), "asOfTime": self.settings.as_of_time}
         self.stats.requests += 1
+        attempts[0] += 1
+        started = time.perf_counter()
         try:
             async with self._session.get(url, params=params) as resp:
                 body = await resp.read()
                 status = resp.status
         except TimeoutError as exc:
             self.stats.statuses["timeout"] += 1
+            self._audit(account_id, "timeout", started, attempts[0])
             raise _Retryable(None, f"timeout after {self.settings.request_timeout_s}s") from exc
         except aiohttp.ClientError as exc:
             self.stats.statuses["connection_error"] += 1
+            self._audit(account_id, "connection_error", started, attempts[0], type(exc).__name__)
             raise _Retryable(None, f"connection error: {type(exc).__name__}") from exc
         self.stats.statuses[status] += 1
+        self._audit(account_id, status, started, attempts[0], None if status < 400 else _error_code(body).split(":")[0])
         if status in RETRYABLE_STATUSES:
             raise _Retryable(status, f"HTTP {status}")
         if status in AUTH_STATUSES:
@@ -280,8 +301,9 @@ class CoreBankingClient:
     async def get_balance(self, account_id: str, as_of: date) -> BalanceResult:
         """The bank's answer for one account; raises only BankAuthError and BreakerOpen."""
         retrying = self._retrying.copy()
+        attempts = [0]
         try:
-            status, body = await retrying(self._guarded, account_id, as_of)
+            status, body = await retrying(self._guarded, account_id, as_of, attempts)
         except _Retryable as exc:
             return BalanceResult(
                 account_id,

@@ -32,6 +32,7 @@ from typing import Any
 
 import psycopg
 
+from premium.audit import write_events_async
 from premium.banking.client import (
     BalanceResult,
     BankEndpoint,
@@ -249,6 +250,7 @@ class BalanceWriter:
 
     def __init__(self, conn: psycopg.AsyncConnection, check_date: date, settings: BalanceSettings, correlation_id: str):
         self.conn = conn
+        self.audit: Any = None  # the client's AuditLog: its events are written with each chunk
         self.check_date = check_date
         self.threshold = settings.threshold_nis
         self.correlation_id = correlation_id
@@ -311,6 +313,8 @@ class BalanceWriter:
                                 )
                             )
                 await cur.execute(read_sql("upsert_balance_failures.sql"), params)
+                if self.audit is not None:
+                    await write_events_async(cur, self.audit.drain())
 
 
 # -- fetching --------------------------------------------------------------------------------------
@@ -350,6 +354,7 @@ async def fetch_range(
             summary.outage = True
             return summary
         writer = await BalanceWriter.open(conninfo, check_date, settings, correlation_id)
+        writer.audit = client.audit
 
         async def produce() -> None:
             after_id = descriptor.id_lo - 1
@@ -437,6 +442,9 @@ async def fetch_range(
                     await flush_pending(final=True)  # what was fetched before a failure is still recorded
                     await flushes.put(None)
                     await writer_task
+                if len(client.audit):  # calls made after the last chunk (a 401, an outage probe)
+                    async with writer.conn.transaction(), writer.conn.cursor() as cur:
+                        await write_events_async(cur, client.audit.drain())
             finally:
                 await writer.close()
         summary.accounts = sum(summary.outcomes.values())
