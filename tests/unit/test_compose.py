@@ -31,6 +31,7 @@ REQUIRED_VARS = {
     "BANK_API_KEY": "dummy-bank-api-key-c6e9",
     "PREMIUM_PII_KEYS_JSON": '{"conn_type":"generic","extra":{"current_key_id":"dummy-k1"}}',
     "SMS_CARRIER_API_KEY": "dummy-sms-api-key-4e2d",
+    "SMS_WEBHOOK_SECRET": "whsec_ZHVtbXktd2ViaG9vay1zZWNyZXQ=",
 }
 # Optional variables of the file: unset for the tests whatever the caller's shell holds.
 OPTIONAL_VARS = (
@@ -66,6 +67,7 @@ CONTRACT_ENV = (
     "AIRFLOW_CONN_PREMIUM_PII_KEYS",
     "AIRFLOW_CONN_SMS_CARRIER",
     "AIRFLOW_CONN_SMS_CARRIER_SECONDARY",
+    "AIRFLOW_CONN_SMS_CARRIER_WEBHOOK",
     "AIRFLOW_VAR_PREMIUM_SETTINGS",
     "PYTHONPATH",
     "PREMIUM_INCLUDE_DIR",
