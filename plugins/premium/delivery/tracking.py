@@ -26,6 +26,8 @@ from typing import Any
 
 import psycopg
 
+from premium.audit import AuditLog
+from premium.audit import flush as audit_flush
 from premium.delivery.state import StatusUpdate, apply_updates
 from premium.settings import DeliverySettings, SmsSettings
 from premium.sms.carrier import CarrierEndpoint, SmsCarrierClient
@@ -130,7 +132,11 @@ def pending_retries(conn: psycopg.Connection, run: TrackingRun) -> int:
 
 
 async def poll_statuses(
-    items: list[tuple[str, str]], endpoints: dict[str, CarrierEndpoint], settings: DeliverySettings
+    items: list[tuple[str, str]],
+    endpoints: dict[str, CarrierEndpoint],
+    settings: DeliverySettings,
+    audit: AuditLog | None = None,
+    correlation_id: str | None = None,
 ) -> tuple[list[StatusUpdate], int]:
     """GET §3.3 for every item, bounded concurrency; returns the updates and the number of errors."""
     clients: dict[str, SmsCarrierClient] = {}
@@ -140,6 +146,8 @@ async def poll_statuses(
             timeout_s=settings.request_timeout_s,
             breaker_failures=settings.breaker_failures,
             breaker_reset_s=settings.breaker_reset_s,
+            audit=audit,
+            correlation_id=correlation_id,
         )
         await clients[name].__aenter__()
     semaphore = asyncio.Semaphore(settings.in_flight)
@@ -203,7 +211,12 @@ def poll_once(
     started = time.monotonic()
     with psycopg.connect(**conninfo) as conn:
         items = open_messages(conn, run)
-    updates, errors = asyncio.run(poll_statuses(items, endpoints, settings)) if items else ([], 0)
+    audit = AuditLog()
+    correlation_id = f"track-{run.dag_run_id}"[:64]
+    updates, errors = (
+        asyncio.run(poll_statuses(items, endpoints, settings, audit, correlation_id)) if items else ([], 0)
+    )
+    audit_flush(conninfo, audit)  # one COPY for the whole poll
     known = [
         u
         for u in updates

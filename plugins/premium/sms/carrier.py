@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,8 @@ import aiohttp
 import orjson
 from purgatory import AsyncCircuitBreakerFactory
 from purgatory.domain.model import OpenedState
+
+from premium.audit import SMS_API_CALL, SMS_STATUS_POLL, AuditLog
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +123,19 @@ def parse_accepted(body: bytes, sent_ids: list[str], batch_id: str) -> PostResul
 
 
 class SmsCarrierClient:
-    def __init__(self, endpoint: CarrierEndpoint, *, timeout_s: float, breaker_failures: int, breaker_reset_s: float):
+    def __init__(
+        self,
+        endpoint: CarrierEndpoint,
+        *,
+        timeout_s: float,
+        breaker_failures: int,
+        breaker_reset_s: float,
+        audit: AuditLog | None = None,
+        correlation_id: str | None = None,
+    ):
         self.endpoint = endpoint
+        self.audit = audit if audit is not None else AuditLog()
+        self.correlation_id = correlation_id
         self.timeout_s = timeout_s
         self._session: aiohttp.ClientSession | None = None
         self._factory = AsyncCircuitBreakerFactory(default_threshold=breaker_failures, default_ttl=breaker_reset_s)
@@ -167,18 +181,30 @@ class SmsCarrierClient:
         assert self._session is not None
         body = orjson.dumps({"batchId": batch_id, "messages": messages, "metadata": metadata})
         url = f"{self.endpoint.base_url}/api/v1/messages/batch"
+        started = time.perf_counter()
+        audit = {
+            "endpoint": "/api/v1/messages/batch",
+            "method": "POST",
+            "correlation_id": metadata.get("correlationId") or self.correlation_id,
+            "carrier": self.endpoint.name,
+            "batch_id": batch_id,
+            "messages": len(messages),
+        }
         try:
             async with self._session.post(url, data=body, headers={"Content-Type": "application/json"}) as resp:
                 status = resp.status
                 payload = await resp.read()
                 retry_after = resp.headers.get("Retry-After")
         except aiohttp.ClientConnectorError as exc:
+            self.audit.record(SMS_API_CALL, status="connection_error", duration_ms=_ms(started), **audit)
             return PostResult("unreachable", detail=f"cannot connect: {type(exc).__name__}")
         except (TimeoutError, aiohttp.ClientError) as exc:
+            self.audit.record(SMS_API_CALL, status="no_answer", duration_ms=_ms(started), **audit)
             return PostResult("ambiguous", detail=f"no answer after sending: {type(exc).__name__}")
+        code, message = _error(payload) if status != 202 else (None, "")
+        self.audit.record(SMS_API_CALL, status=status, error_code=code, duration_ms=_ms(started), **audit)
         if status == 202:
             return parse_accepted(payload, [m["messageId"] for m in messages], batch_id)
-        code, message = _error(payload)
         if status in (401, 403):
             raise CarrierAuthError(self.endpoint.name, status)
         if status in RETRYABLE_HTTP:
@@ -195,15 +221,39 @@ class SmsCarrierClient:
         """GET §3.3 status: (http status, body or None)."""
         assert self._session is not None
         url = f"{self.endpoint.base_url}/api/v1/messages/{tracking_id}/status"
+        started = time.perf_counter()
+        audit = {
+            "endpoint": "/api/v1/messages/{trackingId}/status",
+            "method": "GET",
+            "correlation_id": self.correlation_id,
+            "carrier": self.endpoint.name,
+            "tracking_id": tracking_id,
+        }
         async with self._breaker:
-            async with self._session.get(url) as resp:
-                payload = await resp.read()
-                if resp.status >= 500:
-                    raise aiohttp.ClientResponseError(resp.request_info, (), status=resp.status)
-                try:
-                    return resp.status, orjson.loads(payload)
-                except orjson.JSONDecodeError:
-                    return resp.status, None
+            try:
+                async with self._session.get(url) as resp:
+                    payload = await resp.read()
+                    status = resp.status
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                self.audit.record(
+                    SMS_STATUS_POLL,
+                    status="no_answer",
+                    error_code=type(exc).__name__,
+                    duration_ms=_ms(started),
+                    **audit,
+                )
+                raise
+            self.audit.record(SMS_STATUS_POLL, status=status, duration_ms=_ms(started), **audit)
+            if status >= 500:
+                raise aiohttp.ClientResponseError(resp.request_info, (), status=status)
+            try:
+                return status, orjson.loads(payload)
+            except orjson.JSONDecodeError:
+                return status, None
+
+
+def _ms(started: float) -> float:
+    return (time.perf_counter() - started) * 1000
 
 
 async def sleep_backoff(settings: Any, retry_number: int, retry_after_s: float | None) -> None:

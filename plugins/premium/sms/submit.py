@@ -27,6 +27,8 @@ from typing import Any
 
 import psycopg
 
+from premium.audit import AuditLog, write_events
+from premium.audit import flush as audit_flush
 from premium.crypto import PiiKeyring, aad_for
 from premium.delivery.state import register_accepted
 from premium.settings import SmsSettings
@@ -86,6 +88,7 @@ class Submitter:
         self.renderer = renderer
         self.correlation_id = correlation_id
         self.summary = SubmitSummary()
+        self.audit = AuditLog()  # every POST, written with the batch's bookkeeping
         self.clients: dict[str, SmsCarrierClient] = {}
         self.failover = False
         self._primary_posts = 0
@@ -222,6 +225,8 @@ class Submitter:
             if result.missing:
                 outbox.split_missing(conn, batch_id, result.missing, self.check_date, carrier)
                 counts["split"] = 1
+            with conn.cursor() as cur:
+                write_events(cur, self.audit.drain())
             conn.execute(
                 "UPDATE sms_batches SET status = %s, last_error = %s, updated_at = now() WHERE batch_id = %s",
                 ("PARTIAL" if result.missing else "ACCEPTED", result.detail, batch_id),
@@ -346,6 +351,8 @@ class Submitter:
                 timeout_s=self.settings.request_timeout_s,
                 breaker_failures=self.settings.breaker_failures,
                 breaker_reset_s=self.settings.breaker_reset_s,
+                audit=self.audit,
+                correlation_id=self.correlation_id,
             )
             await self.clients[name].__aenter__()
         try:
@@ -366,6 +373,7 @@ class Submitter:
         finally:
             for client in self.clients.values():
                 await client.__aexit__(None, None, None)
+            await asyncio.to_thread(audit_flush, self.conninfo, self.audit)  # failed and buffered POSTs
         self.summary.seconds = time.monotonic() - started
         return self.summary
 

@@ -33,6 +33,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from premium.audit import WEBHOOK_RECEIVED, AuditLog, write_events
 from premium.webhooks.verify import (
     NotConfigured,
     PayloadError,
@@ -254,9 +255,37 @@ async def _read_body(request: Request) -> bytes | None:
     return b"".join(chunks)
 
 
+AUDIT = AuditLog()  # one webhook_received event per request, written in bulk every second
+AUDIT_FLUSH_S = 1.0
+
+
+def _flush_audit() -> None:
+    events = AUDIT.drain()
+    if not events:
+        return
+    try:
+        with POOL.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            write_events(cur, events)
+    except Exception:  # noqa: BLE001 - the audit must not take the route down; the log says what was lost
+        log.exception("could not write %d webhook audit events", len(events))
+
+
+async def _audit_flusher() -> None:
+    import asyncio
+
+    while True:
+        await asyncio.sleep(AUDIT_FLUSH_S)
+        await run_in_threadpool(_flush_audit)
+
+
 @asynccontextmanager
 async def lifespan(_app: FastAPI):
+    import asyncio
+
+    flusher = asyncio.create_task(_audit_flusher())
     yield
+    flusher.cancel()
+    await run_in_threadpool(_flush_audit)
     POOL.close()  # the Airflow API server enters the lifespan of every mounted FastAPI app
 
 
@@ -275,8 +304,19 @@ app = FastAPI(
 # add Depends(get_user) here.)
 @app.post(ROUTE)
 async def sms_delivery(request: Request) -> JSONResponse:
+    started = time.perf_counter()
     body = await _read_body(request)
     if body is None:
-        return JSONResponse({"detail": "body too large"}, status_code=413)
-    status, content = await run_in_threadpool(handle, request.headers, body)
+        status, content = 413, {"detail": "body too large"}
+    else:
+        status, content = await run_in_threadpool(handle, request.headers, body)
+    AUDIT.record(
+        WEBHOOK_RECEIVED,
+        endpoint="/premium" + ROUTE,
+        method="POST",
+        status=status,
+        duration_ms=(time.perf_counter() - started) * 1000,
+        webhook_id=str(request.headers.get("webhook-id", ""))[:100] or None,
+        outcome=content.get("status") or content.get("detail"),
+    )
     return JSONResponse(content, status_code=status)
