@@ -102,7 +102,15 @@ changed AS (
         updated_at = now()
     FROM current cur
     WHERE d.message_id = cur.message_id AND d.status_rank < cur.to_rank
-    RETURNING d.message_id, d.notification_id, d.status, d.status_code, cur.event_at, cur.from_status
+    RETURNING d.message_id, d.notification_id, d.status, d.status_code, cur.event_at, cur.from_status,
+              d.campaign_id, d.customer_id, d.carrier
+),
+audit AS (
+    INSERT INTO audit_trail (action, customer_id, campaign_id, outcome, details)
+    SELECT 'delivery_final', c.customer_id, c.campaign_id, c.status,
+           jsonb_build_object('message_id', c.message_id, 'carrier', c.carrier, 'status_code', c.status_code,
+                              'source', %(source)s::text)
+    FROM changed c WHERE c.status IN ('Delivered', 'Failed', 'Undeliverable', 'Unconfirmed')
 ),
 history AS (
     INSERT INTO delivery_status_history (message_id, from_status, to_status, status_code, source, event_at)

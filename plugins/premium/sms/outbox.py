@@ -27,20 +27,37 @@ def batch_id_for(check_date: date, seq: int) -> str:
     return f"BATCH-{check_date:%Y%m%d}-{seq:03d}"
 
 
-def write_outbox(conn: psycopg.Connection, check_date: date, campaign_id: str, correlation_id: str) -> int:
-    """One PENDING notification per qualified customer of D not yet in the campaign; returns new rows."""
+def write_outbox(
+    conn: psycopg.Connection, check_date: date, campaign_id: str, correlation_id: str, dag_run_id: str | None = None
+) -> int:
+    """One PENDING notification per qualified customer of D not yet in the campaign; returns new rows.
+
+    Each new notification is also an audit record (action ``notification_decided``)."""
     cur = conn.execute(
         """
-        INSERT INTO sms_notifications (campaign_id, customer_id, check_date, status, attempts, language,
-                                       template_id, encoding, segments, correlation_id)
-        SELECT q.campaign_id, q.customer_id, q.check_date, 'PENDING', 0, c.language,
-               q.template_id, q.encoding, q.segments, %(correlation_id)s
-        FROM qualification_outcomes q JOIN customers c ON c.customer_id = q.customer_id
-        WHERE q.check_date = %(check_date)s AND q.campaign_id = %(campaign_id)s AND q.outcome = 'qualified'
-        ORDER BY q.customer_id
-        ON CONFLICT (campaign_id, customer_id) DO NOTHING
+        WITH created AS (
+            INSERT INTO sms_notifications (campaign_id, customer_id, check_date, status, attempts, language,
+                                           template_id, encoding, segments, correlation_id)
+            SELECT q.campaign_id, q.customer_id, q.check_date, 'PENDING', 0, c.language,
+                   q.template_id, q.encoding, q.segments, %(correlation_id)s
+            FROM qualification_outcomes q JOIN customers c ON c.customer_id = q.customer_id
+            WHERE q.check_date = %(check_date)s AND q.campaign_id = %(campaign_id)s AND q.outcome = 'qualified'
+            ORDER BY q.customer_id
+            ON CONFLICT (campaign_id, customer_id) DO NOTHING
+            RETURNING customer_id, template_id
+        )
+        INSERT INTO audit_trail (action, customer_id, campaign_id, check_date, dag_run_id, outcome, correlation_id,
+                                 details)
+        SELECT 'notification_decided', customer_id, %(campaign_id)s, %(check_date)s::date, %(dag_run_id)s::text, 'notify',
+               %(correlation_id)s, jsonb_build_object('template_id', template_id)
+        FROM created
         """,
-        {"check_date": check_date, "campaign_id": campaign_id, "correlation_id": correlation_id},
+        {
+            "check_date": check_date,
+            "campaign_id": campaign_id,
+            "correlation_id": correlation_id,
+            "dag_run_id": dag_run_id,
+        },
     )
     return cur.rowcount
 

@@ -227,6 +227,23 @@ class Submitter:
                 counts["split"] = 1
             with conn.cursor() as cur:
                 write_events(cur, self.audit.drain())
+            conn.execute(  # the audit trail of every send: accepted or rejected, per message
+                """
+                INSERT INTO audit_trail (action, customer_id, campaign_id, check_date, outcome, correlation_id, details)
+                SELECT 'sms_submitted', m.customer_id, m.campaign_id, %s::date,
+                       CASE WHEN m.status = 'REJECTED' THEN 'rejected:' || coalesce(m.status_code, '?') ELSE 'accepted' END,
+                       %s, jsonb_build_object('message_id', m.message_id, 'batch_id', %s::text, 'carrier', m.carrier,
+                                              'attempt', m.attempt, 'tracking_id', m.tracking_id)
+                FROM sms_messages m
+                WHERE m.message_id = ANY(%s) AND m.status IN ('QUEUED', 'REJECTED')
+                """,
+                (
+                    self.check_date,
+                    self.correlation_id,
+                    batch_id,
+                    list(result.accepted) + list(rejected),
+                ),
+            )
             conn.execute(
                 "UPDATE sms_batches SET status = %s, last_error = %s, updated_at = now() WHERE batch_id = %s",
                 ("PARTIAL" if result.missing else "ACCEPTED", result.detail, batch_id),

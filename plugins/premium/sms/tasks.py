@@ -184,7 +184,7 @@ def submit(context: Any) -> dict[str, Any]:
     except Exception:  # noqa: BLE001 - AirflowNotFoundException: no secondary carrier configured
         log.info("no %s connection: without a secondary carrier, unsent batches are buffered", SECONDARY_CONN_ID)
     with psycopg.connect(**conninfo) as conn:
-        created = outbox.write_outbox(conn, check_date, campaign_id, correlation_id)
+        created = outbox.write_outbox(conn, check_date, campaign_id, correlation_id, run_id)
     log.info("outbox: %d new notifications for %s", created, campaign_id)
     _record_run(conninfo, check_date, status="SUBMITTING")
     try:
