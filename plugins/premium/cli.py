@@ -7,6 +7,7 @@ gen-pii-keys            print a fresh premium_pii_keys connection extra (JSON) f
 gen-customers           write a deterministic synthetic customer CSV
 load-customers FILE     validate and upsert customers from a CSV (all-or-nothing on a crash)
 rotate-pii-keys         re-encrypt customer PII under the keyring's current key
+rotate-balance-keys     re-encrypt encrypted balances (daily_balance_checks) under the keyring's current key
 balance-summary         the run record of a check date, for humans (or --json)
 """
 
@@ -105,6 +106,17 @@ def _rotate(args: argparse.Namespace) -> int:
     with connect() as conn:
         moved = rotate_keys(conn, keyring, batch_size=args.batch_size)
     print(f"re-encrypted {moved} customers under key {keyring.current_key_id}")
+    return 0
+
+
+def _rotate_balances(args: argparse.Namespace) -> int:
+    from premium.crypto import PiiKeyring, rotate_balance_keys
+    from premium.db import connect
+
+    keyring = PiiKeyring.from_connection()
+    with connect() as conn:
+        moved = rotate_balance_keys(conn, keyring, batch_size=args.batch_size)
+    print(f"re-encrypted {moved} balances under key {keyring.current_key_id}")
     return 0
 
 
@@ -261,6 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("rotate-pii-keys")
     p.add_argument("--batch-size", type=int, default=1000)
     p.set_defaults(func=_rotate)
+
+    p = sub.add_parser("rotate-balance-keys")
+    p.add_argument("--batch-size", type=int, default=1000)
+    p.set_defaults(func=_rotate_balances)
 
     p = sub.add_parser("balance-summary")
     p.add_argument("--date", type=date.fromisoformat, required=True)

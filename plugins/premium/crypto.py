@@ -11,6 +11,11 @@ New ciphertexts are written with the current key; older keys stay in the ring un
 ciphertext || tag`` and is bound to its row and field by the associated data
 (:func:`aad_for`), so a blob copied to another customer or field does not decrypt.
 
+Balances (§5.3, when ``BalanceSettings.encrypt_balances`` is on) use the same keyring:
+``daily_balance_checks.balance_enc`` with ``balance_key_id``, bound to the row by
+:func:`balance_aad`; :func:`read_balance` reads either form and :func:`rotate_balance_keys` moves
+them to the current key like :func:`rotate_keys` does for customers.
+
 Nothing in this module logs or puts into an exception message a phone number, a name or any key
 material; errors name key ids only.
 """
@@ -26,6 +31,8 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import date
+from decimal import Decimal, InvalidOperation
 from types import MappingProxyType
 from typing import Any
 
@@ -240,4 +247,110 @@ def rotate_keys(conn: psycopg.Connection, keyring: PiiKeyring, batch_size: int =
         if len(rows) < batch_size:
             break
     log.info("PII key rotation done: %d rows moved to key %s", moved, current)
+    return moved
+
+
+# -- balances (§5.3) -------------------------------------------------------------------------------
+
+#: The columns :func:`read_balance` takes, in order: ``read_balance(keyring, *row)``.
+BALANCE_COLUMNS = "account_id, check_date, balance, balance_enc, balance_key_id"
+
+
+def balance_aad(account_id: str, check_date: date | str) -> bytes:
+    """Associated data binding a balance ciphertext to one ``daily_balance_checks`` row."""
+    day = check_date.isoformat() if isinstance(check_date, date) else str(check_date)
+    return f"daily_balance_checks/{account_id}/{day}".encode()
+
+
+def encrypt_balance(keyring: PiiKeyring, account_id: str, check_date: date, amount: Decimal) -> tuple[str, bytes]:
+    """``(key_id, blob)`` of an amount, with the keyring's current key."""
+    return keyring.encrypt(format(amount, "f"), balance_aad(account_id, check_date))
+
+
+def read_balance(
+    keyring: PiiKeyring | None,
+    account_id: str,
+    check_date: date,
+    balance: Decimal | None,
+    balance_enc: bytes | None,
+    balance_key_id: str | None,
+) -> Decimal | None:
+    """The amount of a ``daily_balance_checks`` row (columns :data:`BALANCE_COLUMNS`), plain or encrypted.
+
+    The plaintext column when present; otherwise the ciphertext, decrypted with ``keyring``
+    (:class:`PiiDecryptError` when it cannot be, :class:`PiiKeyError` when no keyring was given).
+    """
+    if balance is not None:
+        return Decimal(balance)
+    if balance_enc is None:
+        return None
+    if keyring is None:
+        raise PiiKeyError("this balance is encrypted: a keyring is needed to read it")
+    text = keyring.decrypt(balance_enc, balance_key_id or "", balance_aad(account_id, check_date))
+    try:
+        return Decimal(text)
+    except InvalidOperation:
+        raise PiiDecryptError(f"balance ciphertext under key {balance_key_id!r} is not an amount") from None
+
+
+_ROTATE_BALANCES_SELECT = """
+SELECT account_id, check_date, balance_enc, balance_key_id
+FROM daily_balance_checks
+WHERE balance_enc IS NOT NULL AND balance_key_id IS DISTINCT FROM %(current)s
+  AND (account_id, check_date) > (%(after_account)s::text, %(after_date)s::date)
+ORDER BY account_id, check_date
+LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED
+"""
+
+_ROTATE_BALANCES_UPDATE = """
+UPDATE daily_balance_checks AS d
+SET balance_enc = u.balance_enc, balance_key_id = %(key_id)s
+FROM unnest(%(accounts)s::text[], %(dates)s::date[], %(blobs)s::bytea[]) AS u(account_id, check_date, balance_enc)
+WHERE d.account_id = u.account_id AND d.check_date = u.check_date
+"""
+
+
+def rotate_balance_keys(conn: psycopg.Connection, keyring: PiiKeyring, batch_size: int = 1000) -> int:
+    """Re-encrypt every encrypted balance not under the current key; the number of rows moved.
+
+    As :func:`rotate_keys`: batches of ``batch_size`` rows in primary-key order, one transaction
+    each (use an autocommit connection, or one with no transaction open), ``FOR UPDATE SKIP
+    LOCKED`` so that the fetch stage and readers keep working; rows locked by someone else are left
+    for the next call. Until it is done the table holds both key ids, so the keyring must keep the
+    old key(s) beside the current one. Plaintext rows (written before encryption was configured)
+    are not touched. Idempotent: a second call moves nothing. Raises :class:`PiiDecryptError` for
+    a row whose key is not in the keyring (that batch is rolled back; earlier batches stay).
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be positive")
+    current = keyring.current_key_id
+    moved = 0
+    after: tuple[str, date | str] = ("", "-infinity")
+    while True:
+        with conn.transaction(), conn.cursor() as cur:
+            cur.execute(
+                _ROTATE_BALANCES_SELECT,
+                {"current": current, "after_account": after[0], "after_date": after[1], "limit": batch_size},
+            )
+            rows = cur.fetchall()
+            if not rows:
+                break
+            accounts: list[str] = []
+            dates: list[date] = []
+            blobs: list[bytes] = []
+            for account_id, check_date, blob, key_id in rows:
+                aad = balance_aad(account_id, check_date)
+                accounts.append(account_id)
+                dates.append(check_date)
+                blobs.append(keyring.encrypt(keyring.decrypt(blob, key_id or "", aad), aad)[1])
+            cur.execute(
+                _ROTATE_BALANCES_UPDATE, {"key_id": current, "accounts": accounts, "dates": dates, "blobs": blobs}
+            )
+            moved += len(rows)
+            after = (accounts[-1], dates[-1])
+        log.info("balance key rotation: %d rows moved to key %s so far", moved, current)
+        if len(rows) < batch_size:
+            break
+    log.info("balance key rotation done: %d rows moved to key %s", moved, current)
     return moved

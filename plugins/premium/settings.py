@@ -47,6 +47,9 @@ class BalanceSettings:
     in_flight: int = 64  # concurrent requests per fetch task
     max_mapped_tasks: int = 16  # upper bound of fetch task instances per run
     as_of_time: str = "22:00:00"  # asOfTime sent to the bank (end of business day)
+    # §5.3: store the amount only encrypted (balance NULL, balance_enc + balance_key_id, keyring
+    # premium_pii_keys); passes_threshold is still computed from the plaintext, so qualification is unchanged.
+    encrypt_balances: bool = False
 
     def __post_init__(self) -> None:
         _check_range("chunk_size", self.chunk_size, 1, 10_000)
@@ -150,7 +153,44 @@ class DeliverySettings:
         return self.backoff_multiplier_s * 2**retry_number
 
 
-SECTIONS: dict[str, type] = {"balance": BalanceSettings, "sms": SmsSettings, "delivery": DeliverySettings}
+@dataclass(frozen=True)
+class MonitoringSettings:
+    """Integration health monitoring (§6.1): the window and the alert thresholds."""
+
+    window_hours: int = 24  # the metrics cover the last window_hours before the run
+    banking_availability_min_pct: float = 99.5  # alert below
+    banking_response_p95_max_s: float = 5.0  # alert above (95th percentile of the calls' durations)
+    carrier_availability_min_pct: float = 98.0  # alert below, per carrier
+    delivery_rate_min_pct: float = 98.0  # alert below (warning)
+    carrier_outage_delivery_rate_pct: float = 95.0  # below: the §7.2 carrier-outage signal (critical)
+    retry_exhaustion_max: int = 0  # alert above: "any"
+    webhook_failures_max_consecutive: int = 5  # alert above: more than 5 non-2xx callbacks in a row
+    min_samples: int = 10  # rates and percentiles of fewer calls/messages are recorded, not judged
+    realert_after_hours: float = 6.0  # a breach that persists is alerted again after this (0: every run)
+    retention_days: int = 90  # integration_metrics rows kept
+
+    def __post_init__(self) -> None:
+        _check_range("window_hours", self.window_hours, 1, 24 * 31)
+        _check_range("banking_availability_min_pct", self.banking_availability_min_pct, 0, 100)
+        _check_range("banking_response_p95_max_s", self.banking_response_p95_max_s, 0.001, 3_600)
+        _check_range("carrier_availability_min_pct", self.carrier_availability_min_pct, 0, 100)
+        _check_range("delivery_rate_min_pct", self.delivery_rate_min_pct, 0, 100)
+        _check_range("carrier_outage_delivery_rate_pct", self.carrier_outage_delivery_rate_pct, 0, 100)
+        _check_range("retry_exhaustion_max", self.retry_exhaustion_max, 0, 1_000_000)
+        _check_range("webhook_failures_max_consecutive", self.webhook_failures_max_consecutive, 0, 1_000_000)
+        _check_range("min_samples", self.min_samples, 1, 1_000_000)
+        _check_range("realert_after_hours", self.realert_after_hours, 0, 24 * 31)
+        _check_range("retention_days", self.retention_days, 1, 3_650)
+        if self.carrier_outage_delivery_rate_pct > self.delivery_rate_min_pct:
+            raise SettingsError("carrier_outage_delivery_rate_pct must not exceed delivery_rate_min_pct")
+
+
+SECTIONS: dict[str, type] = {
+    "balance": BalanceSettings,
+    "sms": SmsSettings,
+    "delivery": DeliverySettings,
+    "monitoring": MonitoringSettings,
+}
 
 
 def _check_range(name: str, value: float, lo: float, hi: float) -> None:
@@ -247,3 +287,7 @@ def load_sms(run_overrides: Mapping[str, Any] | None = None, *, deployment: bool
 
 def load_delivery(run_overrides: Mapping[str, Any] | None = None, *, deployment: bool = True) -> DeliverySettings:
     return load("delivery", run_overrides, deployment=deployment)
+
+
+def load_monitoring(run_overrides: Mapping[str, Any] | None = None, *, deployment: bool = True) -> MonitoringSettings:
+    return load("monitoring", run_overrides, deployment=deployment)

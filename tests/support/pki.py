@@ -1,5 +1,8 @@
 """A throw-away PKI for TLS tests, made with `cryptography`: a CA, a server certificate for
-127.0.0.1, a client certificate, and a client certificate from another ("rogue") CA."""
+127.0.0.1, a client certificate, and a client certificate from another ("rogue") CA; and, for the
+refusal tests, an expired server certificate and one for another host (both from the CA), a
+server certificate for 127.0.0.1 from another CA, and a second valid server certificate (the
+next one, for pin rotation)."""
 
 from __future__ import annotations
 
@@ -23,6 +26,15 @@ class Pki:
     client_key: Path
     rogue_cert: Path
     rogue_key: Path
+    expired_cert: Path | None = None  # from the CA, for 127.0.0.1, expired yesterday
+    expired_key: Path | None = None
+    wrong_host_cert: Path | None = None  # from the CA, valid, for bank.example only
+    wrong_host_key: Path | None = None
+    other_ca: Path | None = None  # the rogue CA
+    other_server_cert: Path | None = None  # for 127.0.0.1, signed by the rogue CA
+    other_server_key: Path | None = None
+    next_server_cert: Path | None = None  # a second valid server certificate from the CA (rotation)
+    next_server_key: Path | None = None
 
 
 def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> Path:
@@ -40,16 +52,19 @@ def _cert(
     *,
     ca: bool = False,
     server: bool = False,
+    expired: bool = False,
+    hosts: tuple[str, ...] = ("127.0.0.1", "localhost"),
 ) -> x509.Certificate:
     now = dt.datetime.now(dt.UTC)
+    validity = (now - dt.timedelta(days=3), now - dt.timedelta(days=1)) if expired else None
     builder = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
         .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
+        .not_valid_before(validity[0] if validity else now - dt.timedelta(minutes=5))
+        .not_valid_after(validity[1] if validity else now + dt.timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
     )
     if ca:
@@ -75,10 +90,13 @@ def _cert(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False
         )
     if server:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
-            critical=False,
-        )
+        names: list[x509.GeneralName] = []
+        for host in hosts:
+            try:
+                names.append(x509.IPAddress(ipaddress.ip_address(host)))
+            except ValueError:
+                names.append(x509.DNSName(host))
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
     return builder.sign(issuer_key, hashes.SHA256())
 
 
@@ -87,14 +105,20 @@ def make_pki(d: Path) -> Pki:
     ca_key, rogue_ca_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
     ca = _cert("Test Bank CA", ca_key, "Test Bank CA", ca_key, ca=True)
     (d / "ca.crt").write_bytes(ca.public_bytes(pem))
+    rogue_ca = _cert("Rogue CA", rogue_ca_key, "Rogue CA", rogue_ca_key, ca=True)
+    (d / "rogue-ca.crt").write_bytes(rogue_ca.public_bytes(pem))
     files: dict[str, Path] = {}
-    for name, issuer, issuer_key, server in (
-        ("server", "Test Bank CA", ca_key, True),
-        ("client", "Test Bank CA", ca_key, False),
-        ("rogue", "Rogue CA", rogue_ca_key, False),
+    for name, issuer, issuer_key, server, extra in (
+        ("server", "Test Bank CA", ca_key, True, {}),
+        ("client", "Test Bank CA", ca_key, False, {}),
+        ("rogue", "Rogue CA", rogue_ca_key, False, {}),
+        ("expired", "Test Bank CA", ca_key, True, {"expired": True}),
+        ("wrong-host", "Test Bank CA", ca_key, True, {"hosts": ("bank.example",)}),
+        ("other-server", "Rogue CA", rogue_ca_key, True, {}),
+        ("next-server", "Test Bank CA", ca_key, True, {}),
     ):
         key = ec.generate_private_key(ec.SECP256R1())
-        (d / f"{name}.crt").write_bytes(_cert(name, key, issuer, issuer_key, server=server).public_bytes(pem))
+        (d / f"{name}.crt").write_bytes(_cert(name, key, issuer, issuer_key, server=server, **extra).public_bytes(pem))
         files[name] = _write_key(key, d / f"{name}.key")
     return Pki(
         d / "ca.crt",
@@ -104,4 +128,13 @@ def make_pki(d: Path) -> Pki:
         files["client"],
         d / "rogue.crt",
         files["rogue"],
+        expired_cert=d / "expired.crt",
+        expired_key=files["expired"],
+        wrong_host_cert=d / "wrong-host.crt",
+        wrong_host_key=files["wrong-host"],
+        other_ca=d / "rogue-ca.crt",
+        other_server_cert=d / "other-server.crt",
+        other_server_key=files["other-server"],
+        next_server_cert=d / "next-server.crt",
+        next_server_key=files["next-server"],
     )

@@ -34,6 +34,7 @@ from purgatory import AsyncCircuitBreakerFactory
 from purgatory.domain.model import OpenedState
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 
+from premium import tls
 from premium.audit import BANKING_API_CALL, AuditLog
 from premium.audit import mask_account as mask_account
 from premium.settings import BalanceSettings
@@ -104,8 +105,11 @@ class BankEndpoint:
         """Connection fields: host, port, schema (http/https); password = API key or bearer token.
 
         Extras: ``auth_type`` (api_key | bearer | mtls | none; inferred when absent),
-        ``client_cert``/``client_key``/``ca_cert`` (file paths, mTLS), ``tls_min_version``
-        ("1.3" default, "1.2" only for a bank that cannot do better), ``base_path``.
+        ``client_cert``/``client_key``/``ca_cert`` (file paths, mTLS; with ``ca_cert`` only the
+        bank's CA is trusted), ``cert_fingerprint_sha256`` (the SHA-256 fingerprint of the bank's
+        server certificate, or a list of them while it rotates: pinned, checked at handshake),
+        ``tls_min_version`` ("1.3" default, "1.2" only for a bank that cannot do better),
+        ``base_path``. TLS settings are built by :mod:`premium.tls`.
         """
         extra = conn.extra_dejson or {}
         scheme = (conn.schema or ("https" if extra.get("client_cert") or extra.get("ca_cert") else "http")).lower()
@@ -132,10 +136,13 @@ class BankEndpoint:
                 ca_cert=extra.get("ca_cert"),
                 client_cert=extra.get("client_cert"),
                 client_key=extra.get("client_key"),
-                min_version=str(extra.get("tls_min_version", "1.3")),
+                min_version=str(extra.get("tls_min_version") or "1.3"),
+                fingerprints=extra.get("cert_fingerprint_sha256"),
             )
         elif auth_type == "mtls":
             raise ValueError("core_banking auth_type mtls needs schema https")
+        elif extra.get("cert_fingerprint_sha256"):
+            raise ValueError("core_banking cert_fingerprint_sha256 needs schema https")
         return cls(f"{scheme}://{host}{port}{base_path}", headers, ssl_context, auth_type)
 
 
@@ -146,17 +153,22 @@ def _required_secret(conn: Any, auth_type: str) -> str:
 
 
 def build_ssl_context(
-    *, ca_cert: str | None, client_cert: str | None, client_key: str | None, min_version: str = "1.3"
+    *,
+    ca_cert: str | None,
+    client_cert: str | None,
+    client_key: str | None,
+    min_version: str = "1.3",
+    fingerprints: str | list[str] | None = None,
 ) -> ssl.SSLContext:
-    """Client TLS context: verified server (the bank's CA when given), TLS 1.3 minimum, optional client cert."""
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_cert)
-    versions = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
-    if min_version not in versions:
-        raise ValueError(f"tls_min_version must be 1.2 or 1.3, not {min_version!r}")
-    ctx.minimum_version = versions[min_version]
-    if client_cert:
-        ctx.load_cert_chain(client_cert, client_key)
-    return ctx
+    """Client TLS context: verified server (only the bank's CA when given), TLS 1.3 minimum with the
+    §5.1 suites, optional client cert, optional certificate fingerprint pin(s); see :mod:`premium.tls`."""
+    return tls.client_context(
+        ca_cert=ca_cert,
+        client_cert=client_cert,
+        client_key=client_key,
+        min_version=min_version,
+        fingerprints=fingerprints,
+    )
 
 
 class CoreBankingClient:
@@ -196,9 +208,12 @@ class CoreBankingClient:
         )
 
     async def __aenter__(self) -> CoreBankingClient:
+        ssl_context = self.endpoint.ssl_context
+        if ssl_context is None and self.endpoint.base_url.lower().startswith("https://"):
+            ssl_context = tls.client_context()  # never an unverified https connection
         connector = aiohttp.TCPConnector(
             limit=self.settings.in_flight,
-            ssl=self.endpoint.ssl_context if self.endpoint.ssl_context is not None else False,
+            ssl=ssl_context if ssl_context is not None else False,
             keepalive_timeout=60,
             ttl_dns_cache=300,
         )

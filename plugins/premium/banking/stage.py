@@ -39,6 +39,7 @@ from premium.banking.client import (
     BreakerOpen,
     CoreBankingClient,
 )
+from premium.crypto import PiiKeyring, encrypt_balance
 from premium.paths import read_sql
 from premium.settings import BalanceSettings
 
@@ -236,7 +237,7 @@ _STAGING_DDL = """
 CREATE TEMP TABLE IF NOT EXISTS staging_balance_checks (
     account_id text, customer_id text, balance numeric(18, 2), currency text, threshold numeric(18, 2),
     passes_threshold boolean, account_status text, check_timestamp timestamptz, correlation_id text,
-    banking_reference_id text
+    banking_reference_id text, balance_enc bytea, balance_key_id text
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS staging_balance_failures (
     account_id text, customer_id text, reason text, http_status integer, detail text, attempts integer,
@@ -246,27 +247,50 @@ CREATE TEMP TABLE IF NOT EXISTS staging_balance_failures (
 
 
 class BalanceWriter:
-    """Bulk upserts of one task's results, one transaction per flushed chunk."""
+    """Bulk upserts of one task's results, one transaction per flushed chunk.
 
-    def __init__(self, conn: psycopg.AsyncConnection, check_date: date, settings: BalanceSettings, correlation_id: str):
+    With a ``keyring`` (``settings.encrypt_balances``, §5.3) the amount is stored only encrypted:
+    ``balance`` NULL, ``balance_enc``/``balance_key_id`` under the keyring's current key, bound to
+    the row (:func:`premium.crypto.balance_aad`). ``passes_threshold`` is computed from the
+    plaintext before encryption, so qualification (which reads only the flag) is unchanged.
+    """
+
+    def __init__(
+        self,
+        conn: psycopg.AsyncConnection,
+        check_date: date,
+        settings: BalanceSettings,
+        correlation_id: str,
+        keyring: PiiKeyring | None = None,
+    ):
         self.conn = conn
         self.audit: Any = None  # the client's AuditLog: its events are written with each chunk
         self.check_date = check_date
         self.threshold = settings.threshold_nis
         self.correlation_id = correlation_id
+        self.keyring = keyring
 
     @classmethod
-    async def open(cls, conninfo, check_date, settings, correlation_id) -> BalanceWriter:
+    async def open(cls, conninfo, check_date, settings, correlation_id, keyring=None) -> BalanceWriter:
+        if settings.encrypt_balances and keyring is None:
+            raise ValueError("encrypt_balances is on: the balance writer needs the PII keyring")
         conn = await psycopg.AsyncConnection.connect(**conninfo)
         await conn.execute(_STAGING_DDL)
         await conn.commit()
-        return cls(conn, check_date, settings, correlation_id)
+        return cls(conn, check_date, settings, correlation_id, keyring if settings.encrypt_balances else None)
 
     async def close(self) -> None:
         await self.conn.close()
 
     def passes(self, result: BalanceResult) -> bool:
         return result.currency in SHEKEL_CODES and result.amount is not None and result.amount >= self.threshold
+
+    def _stored_amount(self, r: BalanceResult) -> tuple[Any, bytes | None, str | None]:
+        """(balance, balance_enc, balance_key_id) as stored: plaintext, or only the ciphertext."""
+        if self.keyring is None or r.amount is None:
+            return r.amount, None, None
+        key_id, blob = encrypt_balance(self.keyring, r.account_id, self.check_date, r.amount)
+        return None, blob, key_id
 
     async def write(self, batch: Sequence[tuple[str, BalanceResult]]) -> None:
         """``batch``: (our customer_id, result) pairs."""
@@ -275,23 +299,27 @@ class BalanceWriter:
             async with self.conn.cursor() as cur:
                 async with cur.copy(
                     "COPY staging_balance_checks (account_id, customer_id, balance, currency, threshold, "
-                    "passes_threshold, account_status, check_timestamp, correlation_id, banking_reference_id) "
-                    "FROM STDIN"
+                    "passes_threshold, account_status, check_timestamp, correlation_id, banking_reference_id, "
+                    "balance_enc, balance_key_id) FROM STDIN"
                 ) as copy:
                     for customer_id, r in batch:
                         if r.ok:
+                            passes = self.passes(r)  # from the plaintext, before any encryption
+                            balance, balance_enc, balance_key_id = self._stored_amount(r)
                             await copy.write_row(
                                 (
                                     r.account_id,
                                     customer_id,
-                                    r.amount,
+                                    balance,
                                     r.currency,
                                     self.threshold,
-                                    self.passes(r),
+                                    passes,
                                     r.account_status,
                                     r.check_timestamp,
                                     self.correlation_id,
                                     r.reference_id,
+                                    balance_enc,
+                                    balance_key_id,
                                 )
                             )
                 await cur.execute(read_sql("upsert_balance_checks.sql"), params)
@@ -337,8 +365,15 @@ async def fetch_range(
     settings: BalanceSettings,
     endpoint: BankEndpoint,
     correlation_id: str,
+    *,
+    keyring: PiiKeyring | None = None,
 ) -> FetchSummary:
-    """Fetch and record every active account with id in [id_lo, id_hi] for ``check_date``."""
+    """Fetch and record every active account with id in [id_lo, id_hi] for ``check_date``.
+
+    ``keyring``: for ``settings.encrypt_balances`` (read from ``premium_pii_keys`` when not given).
+    """
+    if settings.encrypt_balances and keyring is None:
+        keyring = PiiKeyring.from_connection()  # before any bank call: a missing keyring fails at once
     started = time.monotonic()
     summary = FetchSummary()
     workers = max(1, min(settings.in_flight, descriptor.accounts or 1))
@@ -353,7 +388,7 @@ async def fetch_range(
             log.warning("%s already declared an outage day by another task; nothing fetched", check_date)
             summary.outage = True
             return summary
-        writer = await BalanceWriter.open(conninfo, check_date, settings, correlation_id)
+        writer = await BalanceWriter.open(conninfo, check_date, settings, correlation_id, keyring)
         writer.audit = client.audit
 
         async def produce() -> None:
@@ -481,9 +516,15 @@ def fetch_chunk(
     settings: BalanceSettings,
     endpoint: BankEndpoint,
     correlation_id: str,
+    *,
+    keyring: PiiKeyring | None = None,
 ) -> FetchSummary:
-    """Synchronous entry point for a task."""
-    return asyncio.run(fetch_range(conninfo, descriptor, check_date, settings, endpoint, correlation_id))
+    """Synchronous entry point for a task (the keyring, when needed, is read here, outside the loop)."""
+    if settings.encrypt_balances and keyring is None:
+        keyring = PiiKeyring.from_connection()
+    return asyncio.run(
+        fetch_range(conninfo, descriptor, check_date, settings, endpoint, correlation_id, keyring=keyring)
+    )
 
 
 # -- finishing -------------------------------------------------------------------------------------

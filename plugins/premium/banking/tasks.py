@@ -17,7 +17,10 @@ from premium.settings import BalanceSettings, load_balance
 
 log = logging.getLogger(__name__)
 
-BALANCE_PARAM_KEYS = tuple(f.name for f in dataclasses.fields(BalanceSettings) if f.name != "as_of_time")
+# encrypt_balances is a deployment decision (§5.3), never switched off by one run's params.
+BALANCE_PARAM_KEYS = tuple(
+    f.name for f in dataclasses.fields(BalanceSettings) if f.name not in ("as_of_time", "encrypt_balances")
+)
 
 
 class BankOutageSkip(AirflowFailException):

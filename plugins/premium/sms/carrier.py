@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +30,7 @@ import orjson
 from purgatory import AsyncCircuitBreakerFactory
 from purgatory.domain.model import OpenedState
 
+from premium import tls
 from premium.audit import SMS_API_CALL, SMS_STATUS_POLL, AuditLog
 
 log = logging.getLogger(__name__)
@@ -67,20 +69,36 @@ class CarrierEndpoint:
     name: str  # primary | secondary
     base_url: str
     headers: dict[str, str]
+    ssl_context: ssl.SSLContext | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def from_connection(cls, conn: Any, name: str) -> CarrierEndpoint:
-        """host/port/schema; password = the Bearer API key; extra ``base_path`` optional."""
+        """host/port/schema (https by default); password = the Bearer API key.
+
+        Extras: ``base_path``; TLS (§5.1, built by :mod:`premium.tls`): ``ca_cert`` (file path: only
+        that CA is trusted; the system store without it), ``client_cert``/``client_key`` (file
+        paths, when the carrier wants a client certificate), ``cert_fingerprint_sha256`` (the
+        SHA-256 fingerprint of the carrier's server certificate, or a list while it rotates:
+        pinned, checked at handshake), ``tls_min_version`` ("1.3" default; "1.2" only for a
+        carrier that cannot do better).
+        """
         if not conn.password:
             raise ValueError(f"SMS carrier connection for {name} needs the API key in its password")
+        extra = conn.extra_dejson or {}
         scheme = (conn.schema or "https").lower()
         host = conn.host or "127.0.0.1"
         if "://" in host:
             scheme, host = host.split("://", 1)
+            scheme = scheme.lower()
         port = f":{conn.port}" if conn.port else ""
-        base_path = str((conn.extra_dejson or {}).get("base_path", "")).rstrip("/")
+        base_path = str(extra.get("base_path", "")).rstrip("/")
         headers = {"Authorization": f"Bearer {conn.password}", "Accept": "application/json"}
-        return cls(name, f"{scheme}://{host}{port}{base_path}", headers)
+        ssl_context = None
+        if scheme == "https":
+            ssl_context = tls.context_from_extra(extra)
+        elif tls.has_tls_extras(extra):
+            raise ValueError(f"SMS carrier connection for {name}: TLS settings in the extra need schema https")
+        return cls(name, f"{scheme}://{host}{port}{base_path}", headers, ssl_context)
 
 
 def _error(body: bytes) -> tuple[str | None, str]:
@@ -144,8 +162,13 @@ class SmsCarrierClient:
         self.transitions: list[str] = []
 
     async def __aenter__(self) -> SmsCarrierClient:
+        ssl_context = self.endpoint.ssl_context
+        if ssl_context is None and self.endpoint.base_url.lower().startswith("https://"):
+            ssl_context = tls.client_context()  # TLS 1.3 minimum, verified, even for a hand-built endpoint
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=64, keepalive_timeout=60),
+            connector=aiohttp.TCPConnector(
+                limit=64, keepalive_timeout=60, ssl=ssl_context if ssl_context is not None else True
+            ),
             timeout=aiohttp.ClientTimeout(total=self.timeout_s),
             headers=self.endpoint.headers,
         )
