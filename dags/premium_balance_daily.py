@@ -41,11 +41,11 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
-from airflow.providers.standard.sensors.date_time import DateTimeSensorAsync
 from airflow.sdk import CronTriggerTimetable, Param, chain, dag, get_current_context, task
 
 from premium.alerts import task_failure_alert
 from premium.assets import BALANCE_CHECKS, SMS_SUBMISSIONS
+from premium.sms.window_sensor import SendWindowSensor
 
 BANK_POOL = "core_banking_api"
 
@@ -134,7 +134,7 @@ def premium_balance_daily():
 
         return tasks.plan_send(get_current_context())
 
-    wait_for_send_window = DateTimeSensorAsync(
+    wait_for_send_window = SendWindowSensor(
         task_id="wait_for_send_window",
         target_time="{{ ti.xcom_pull(task_ids='plan_send') }}",
     )

@@ -24,7 +24,26 @@ Choices worth knowing:
 - ``[scheduler] use_job_schedule = False`` by default: a cron DAG with ``catchup=False`` gets a
   run for its latest past tick the moment it is unpaused, which would compete with the runs a
   test triggers. Manual runs and backfills still run. This also stops asset-triggered runs:
-  pass ``use_job_schedule=True`` for a test that needs them.
+  pass ``use_job_schedule=True`` for a test that needs them. Such a test can still keep the
+  cron DAG from getting its catch-up run: start with ``dags_paused_at_creation=True`` (the
+  runs of a paused DAG do not progress, so pausing it is no cure by itself), trigger the
+  test's run with the logical date the scheduler would use (:meth:`next_scheduled_logical_date`)
+  and only then unpause it: the scheduler finds that run in place ("run already exists;
+  skipping dagrun creation") and moves on to the next tick. A tick that falls while the test
+  runs still gets its run (see ``tests/e2e/test_sms_flow.py``).
+- Deferred task instances: :meth:`watch_task` samples a task instance, its trigger and its
+  pool, for evidence that a wait really was deferred to the triggerer (no worker slot held).
+  Deferring and resuming happen within one try, so the tries endpoint shows no trace of it;
+  the task log does ("Pausing task as DEFERRED", once per deferral), and the triggerer writes
+  a log next to it (``attempt=N.log.trigger.<triggerer job id>.log``, rewritten by each trigger
+  of the try: it shows the last one).
+- ``[workers] min_heartbeat_interval = 1`` (default 5): a task's supervisor can take that long
+  to notice that its task process exited, and only then does the executor report the try.
+  Airflow 3.3.2 mistakes such a late report of a deferring process for the end of the resumed
+  one when the trigger fired in between, and fails the resumed task ("finished with state
+  success, but the task instance's state attribute is running" in the scheduler's output,
+  "Task Instance not found" in the task log; apache/airflow#71580, #72716). One second narrows
+  that window; deferrals of a few seconds or less can still hit it.
 - The API server and both log servers get free ports (never 8080/8793/8794), and the
   execution API URL follows the API port (it defaults to 8080 whatever ``[api] port`` says).
 - With the LocalExecutor every task log line is also echoed to the scheduler's stdout, and
@@ -53,7 +72,8 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -71,6 +91,21 @@ VENV_BIN = Path(sys.executable).parent
 TERMINAL_RUN_STATES = frozenset({"success", "failed"})
 TERMINAL_TI_STATES = frozenset({"success", "failed", "skipped", "upstream_failed", "removed"})
 _PR_SET_CHILD_SUBREAPER = 36
+
+
+@dataclass(frozen=True)
+class TaskSample:
+    """One look at a task instance (:meth:`AirflowStandalone.watch_task`): its state as read by a
+    request sent at ``asked`` and answered at ``answered`` (UTC), then its pool's slots."""
+
+    asked: datetime
+    answered: datetime
+    state: str | None
+    try_number: int
+    trigger_id: int | None
+    trigger_classpath: str | None
+    pool_running: int
+    pool_deferred: int
 
 
 class StandaloneError(RuntimeError):
@@ -133,6 +168,7 @@ class AirflowStandalone:
         metadata_db: str = DEFAULT_METADATA_DB,
         extra_env: Mapping[str, str] | None = None,
         use_job_schedule: bool = False,
+        dags_paused_at_creation: bool = False,
         parallelism: int = 4,
         startup_timeout: float = 150.0,
     ) -> None:
@@ -144,6 +180,7 @@ class AirflowStandalone:
         self.metadata_db = metadata_db
         self.extra_env = dict(extra_env or {})
         self.use_job_schedule = use_job_schedule
+        self.dags_paused_at_creation = dags_paused_at_creation
         self.parallelism = parallelism
         self.startup_timeout = startup_timeout
         self._own_workdir = workdir is None
@@ -185,7 +222,7 @@ class AirflowStandalone:
             "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
             "AIRFLOW__CORE__PARALLELISM": str(self.parallelism),
-            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": str(self.dags_paused_at_creation),
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{api}/execution/",
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": (
@@ -201,6 +238,7 @@ class AirflowStandalone:
             "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(self.worker_log_port),
             "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(self.trigger_log_port),
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+            "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
             "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "15",
             "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
@@ -443,6 +481,15 @@ class AirflowStandalone:
             time.sleep(1.0)
         return found
 
+    def dag(self, dag_id: str) -> dict[str, Any]:
+        return self.get(f"/api/v2/dags/{self._q(dag_id)}")
+
+    def next_scheduled_logical_date(self, dag_id: str) -> datetime | None:
+        """The logical date of the run the scheduler will create next (``next_dagrun``): for a cron
+        DAG without catchup, its latest past tick until it has a run there."""
+        value = self.dag(dag_id)["next_dagrun_logical_date"]
+        return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+
     def set_paused(self, dag_id: str, paused: bool) -> dict[str, Any]:
         return self.patch(f"/api/v2/dags/{self._q(dag_id)}", {"is_paused": paused})
 
@@ -477,6 +524,62 @@ class AirflowStandalone:
             out.extend(batch)
             if not batch or len(out) >= (page.get("total_entries") or 0):
                 return out
+
+    def task_instance(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> dict[str, Any]:
+        """One task instance, with its ``trigger`` while it is deferred."""
+        path = f"/api/v2/dags/{self._q(dag_id)}/dagRuns/{self._q(run_id)}/taskInstances/{self._q(task_id)}"
+        return self.get(path if map_index < 0 else f"{path}/{map_index}")
+
+    def task_tries(self, dag_id: str, run_id: str, task_id: str) -> list[dict[str, Any]]:
+        """Every try of a task instance (earlier tries from the history, then the current one)."""
+        path = f"/api/v2/dags/{self._q(dag_id)}/dagRuns/{self._q(run_id)}/taskInstances/{self._q(task_id)}/tries"
+        return list(self.get(path)["task_instances"])
+
+    def pool(self, name: str) -> dict[str, Any]:
+        return self.get(f"/api/v2/pools/{self._q(name)}")
+
+    def upstream_asset_events(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+        """The asset events that triggered an asset-scheduled run."""
+        path = f"/api/v2/dags/{self._q(dag_id)}/dagRuns/{self._q(run_id)}/upstreamAssetEvents"
+        return list(self.get(path)["asset_events"])
+
+    def watch_task(
+        self, dag_id: str, run_id: str, task_id: str, *, timeout: float = 240.0, interval: float = 0.5
+    ) -> list[TaskSample]:
+        """Sample a task instance (state, trigger) and then its pool's slots every ``interval`` s
+        until it ends, or its run does; the samples in order. Evidence for deferral: the
+        instance's state and trigger, and the pool's running / deferred slots in between."""
+        samples: list[TaskSample] = []
+        deadline = time.monotonic() + timeout
+        while True:
+            asked = datetime.now(UTC)
+            ti = self.task_instance(dag_id, run_id, task_id)
+            answered = datetime.now(UTC)
+            pool = self.pool(ti["pool"])
+            trigger = ti.get("trigger") or {}
+            samples.append(
+                TaskSample(
+                    asked=asked,
+                    answered=answered,
+                    state=ti["state"],
+                    try_number=ti["try_number"],
+                    trigger_id=trigger.get("id"),
+                    trigger_classpath=trigger.get("classpath"),
+                    pool_running=pool["running_slots"],
+                    pool_deferred=pool["deferred_slots"],
+                )
+            )
+            if ti["state"] in TERMINAL_TI_STATES:
+                return samples
+            if len(samples) % 10 == 0 and self.dag_run(dag_id, run_id)["state"] in TERMINAL_RUN_STATES:
+                return samples
+            if time.monotonic() > deadline:
+                raise StandaloneError(
+                    f"{task_id} of {dag_id} {run_id} not done after {timeout:.0f}s\n{self.describe_run(dag_id, run_id)}"
+                )
+            if not self.running:
+                raise StandaloneError(f"airflow standalone died:\n{self.log_tail()}")
+            time.sleep(interval)
 
     def xcom_value(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value", map_index: int = -1) -> Any:
         path = (
@@ -600,7 +703,40 @@ class AirflowStandalone:
         if not bad:
             lines.append("--- standalone output ---")
             lines.append(self.log_tail(40))
+        lines += self.stale_success_races(dag_id, run_id)
         return "\n".join(lines)
+
+    def stale_success_races(self, dag_id: str, run_id: str) -> list[str]:
+        """A note for each task of the run that the scheduler failed because of Airflow's race
+        after a deferral (see the module docstring): its console output says so."""
+        try:
+            text = self.output_log.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return []
+        tasks = re.findall(
+            rf"reported that the task instance <TaskInstance: {re.escape(dag_id)}\.(\S+) {re.escape(run_id)} "
+            r"\[(?:scheduled|queued|running)\][^>]*> finished with state success",
+            text,
+        )
+        return [
+            f"NOTE: {task} was failed by the scheduler: the executor's late report of its deferring process "
+            "was taken for the end of the resumed one (Airflow 3.3.2 race, apache/airflow#71580 and #72716)"
+            for task in sorted(set(tasks))
+        ]
+
+    def find_in_logs_and_xcom(self, patterns: Mapping[str, re.Pattern[str]]) -> list[tuple[str, str]]:
+        """(where, kind) for every task or trigger log file, the console output (:attr:`output_log`)
+        and every XCom that matches one of ``patterns`` (kind -> regex). Never the matched text."""
+        findings: list[tuple[str, str]] = []
+        for path in [*self.all_log_files(), self.output_log]:
+            text = path.read_text(encoding="utf-8", errors="replace")
+            findings += [
+                (str(path.relative_to(self.workdir)), kind) for kind, rx in patterns.items() if rx.search(text)
+            ]
+        for dag_id, run_id, task_id, map_index, key, value in self.xcom_rows():
+            where = f"xcom {dag_id}/{run_id}/{task_id}[{map_index}]/{key}"
+            findings += [(where, kind) for kind, rx in patterns.items() if value and rx.search(value)]
+        return findings
 
     def xcom_rows(self) -> Iterator[tuple[str, str, str, int, str, str]]:
         """Every XCom in the metadata DB: (dag_id, run_id, task_id, map_index, key, value as text)."""

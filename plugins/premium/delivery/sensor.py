@@ -7,6 +7,7 @@ poke, so they hold across deferrals, task retries and triggerer restarts (trigge
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -26,10 +27,19 @@ class DeliveryStatusSensor(BaseSensorOperator):
         self._next_in_s = tasks.next_poll_in_s(context, outcome)
         return PokeReturnValue(is_done=outcome.done, xcom_value={"open": outcome.open_messages})
 
+    # A wait shorter than this is slept in the task instead of deferred: a deferral that fires
+    # within seconds can race the supervisor's report of the deferring process (Airflow 3.3.2,
+    # apache/airflow#71580) and cost a spurious retry.
+    min_deferral_s = 2.0
+
     def execute(self, context: Any) -> Any:
-        result = self.poke(context)
-        if result.is_done:
-            return result.xcom_value
+        while True:
+            result = self.poke(context)
+            if result.is_done:
+                return result.xcom_value
+            if self._next_in_s >= self.min_deferral_s:
+                break
+            time.sleep(self._next_in_s)
         self.log.info("next poll in %.1fs (deferred: no worker slot held meanwhile)", self._next_in_s)
         self.defer(trigger=TimeDeltaTrigger(timedelta(seconds=self._next_in_s)), method_name="execute_complete")
 
