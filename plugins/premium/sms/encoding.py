@@ -44,15 +44,32 @@ class SmsEncoding:
     characters: int
 
 
+# Septets of each character met so far, from the codec (0: not in GSM 03.38). The codec is pure Python
+# and slow (~1 us a character); a text of 150 characters then costs ~10 us instead of ~170 us.
+_GSM_WIDTHS: dict[str, int] = {_ESC: 0}
+
+
+def _gsm_width(ch: str) -> int:
+    try:
+        width = len(ch.encode(_GSM_CODEC))
+    except UnicodeEncodeError:
+        width = 0
+    _GSM_WIDTHS[ch] = width
+    return width
+
+
 def _gsm7_widths(text: str) -> list[int] | None:
     """Septets per character, or None when the text is not representable in GSM 03.38."""
-    if _ESC in text:
-        return None
-    try:
-        text.encode(_GSM_CODEC)
-    except UnicodeEncodeError:
-        return None
-    return [len(ch.encode(_GSM_CODEC)) for ch in text]
+    widths: list[int] = []
+    get = _GSM_WIDTHS.get
+    for ch in text:
+        width = get(ch)
+        if width is None:
+            width = _gsm_width(ch)
+        if not width:
+            return None
+        widths.append(width)
+    return widths
 
 
 def _utf16_widths(text: str) -> list[int]:

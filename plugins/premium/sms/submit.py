@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
@@ -93,11 +95,34 @@ class Submitter:
         self.failover = False
         self._primary_posts = 0
         self._primary_failures = 0
+        self._local = threading.local()
+        self._conns: list[psycopg.Connection] = []
+        self._conns_lock = threading.Lock()
 
     # -- bookkeeping (sync psycopg, run in worker threads) ----------------------------------------
 
-    def _connect(self) -> psycopg.Connection:
-        return psycopg.connect(**self.conninfo)
+    @contextmanager
+    def _connect(self):
+        """This worker thread's connection (opened once, reused): commit on success, roll back on error."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None or conn.closed or conn.broken:
+            conn = self._local.conn = psycopg.connect(**self.conninfo)
+            with self._conns_lock:
+                self._conns.append(conn)
+        try:
+            yield conn
+        except BaseException:
+            if not conn.closed:
+                conn.rollback()
+            raise
+        else:
+            conn.commit()
+
+    def _close_connections(self) -> None:
+        with self._conns_lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            conn.close()
 
     def _assign(self) -> list[str]:
         with self._connect() as conn:
@@ -168,24 +193,18 @@ class Submitter:
             with conn.cursor() as cur:
                 if result.accepted:
                     cur.execute(
-                        "CREATE TEMP TABLE IF NOT EXISTS staging_accepted (message_id text, tracking_id text) "
-                        "ON COMMIT DROP"
-                    )
-                    with cur.copy("COPY staging_accepted FROM STDIN") as copy:
-                        for message_id, tracking_id in result.accepted.items():
-                            copy.write_row((message_id, tracking_id))
-                    cur.execute(
                         """
                         WITH acc AS (
                             UPDATE sms_messages m SET status = 'QUEUED', tracking_id = s.tracking_id, carrier = %s,
                                 submitted_at = coalesce(m.submitted_at, now()), updated_at = now()
-                            FROM staging_accepted s WHERE m.message_id = s.message_id AND m.status = 'PENDING'
+                            FROM unnest(%s::text[], %s::text[]) AS s (message_id, tracking_id)
+                            WHERE m.message_id = s.message_id AND m.status = 'PENDING'
                             RETURNING m.notification_id
                         )
                         UPDATE sms_notifications n SET status = 'QUEUED', updated_at = now()
                         FROM acc WHERE n.notification_id = acc.notification_id
                         """,
-                        (carrier,),
+                        (carrier, list(result.accepted), list(result.accepted.values())),
                     )
                     register_accepted(cur, carrier, result.accepted)
                     counts["accepted"] = len(result.accepted)
@@ -293,15 +312,16 @@ class Submitter:
                 return
             if posts[target]:
                 await sleep_backoff(self.settings, posts[target], last.retry_after_s if last else None)
-            if not await asyncio.to_thread(self._bind, batch_id, target):
-                log.warning("batch %s is bound elsewhere or closed; left alone", batch_id)
-                return
-            if carrier == "primary" and target == "secondary":
-                self.summary.failed_over_batches += 1
-            carrier = target
-            self.summary.post_attempts += 1
-            t0 = time.monotonic()
-            last = await self.clients[target].post_batch(batch_id, messages, metadata)
+            async with self._post_slots:  # in_flight_batches: concurrent POSTs (building/recording overlap)
+                if not await asyncio.to_thread(self._bind, batch_id, target):
+                    log.warning("batch %s is bound elsewhere or closed; left alone", batch_id)
+                    return
+                if carrier == "primary" and target == "secondary":
+                    self.summary.failed_over_batches += 1
+                carrier = target
+                self.summary.post_attempts += 1
+                t0 = time.monotonic()
+                last = await self.clients[target].post_batch(batch_id, messages, metadata)
             if target == "primary" and last.kind != "breaker_open":
                 self._note_primary(last.kind == "accepted")
             if last.kind == "accepted":
@@ -374,7 +394,8 @@ class Submitter:
             await self.clients[name].__aenter__()
         try:
             attempted: set[str] = set()
-            semaphore = asyncio.Semaphore(self.settings.in_flight_batches)
+            self._post_slots = asyncio.Semaphore(self.settings.in_flight_batches)
+            semaphore = asyncio.Semaphore(2 * self.settings.in_flight_batches)  # batches in process
 
             async def guarded(b: tuple) -> None:
                 async with semaphore:
@@ -390,6 +411,7 @@ class Submitter:
         finally:
             for client in self.clients.values():
                 await client.__aexit__(None, None, None)
+            self._close_connections()
             await asyncio.to_thread(audit_flush, self.conninfo, self.audit)  # failed and buffered POSTs
         self.summary.seconds = time.monotonic() - started
         return self.summary
