@@ -411,3 +411,21 @@ def test_server_log_names_outcomes_never_the_phone(api, client, db):
     assert "invalid payload" in log
     assert PHONE not in log
     assert PHONE.removeprefix("+") not in log
+
+
+def test_no_response_of_the_plugin_carries_the_phone_number(api, client, db):
+    """Every answer class of the route, each sent a payload holding a phone number: none echoes it."""
+    messages = make_messages(db, 1)
+    digits = PHONE.lstrip("+")
+    local = "0" + digits[3:]
+    bodies = [
+        post(client, payload(messages[0].tracking_id)),  # 200 processed
+        post(client, payload("UNKNOWN-TRACK-1")),  # 202 ignored
+        post(client, payload(messages[0].tracking_id), secret=OLD[:-4] + "AAA="),  # 401
+        post(client, b'{"trackingId": "x", "phoneNumber": "' + PHONE.encode() + b'"'),  # 400
+        post(client, payload("", status="LOST")),  # 422
+        post(client, payload(messages[0].tracking_id, phoneNumber=local, status="BOGUS")),  # 422
+    ]
+    assert {r.status_code for r in bodies} >= {200, 202, 401, 400, 422}
+    for response in bodies:
+        assert digits not in response.text and local not in response.text and PHONE not in response.text

@@ -736,7 +736,17 @@ class AirflowStandalone:
         for dag_id, run_id, task_id, map_index, key, value in self.xcom_rows():
             where = f"xcom {dag_id}/{run_id}/{task_id}[{map_index}]/{key}"
             findings += [(where, kind) for kind, rx in patterns.items() if value and rx.search(value)]
+        for dag_id, run_id, task_id, map_index, value in self.rendered_field_rows():
+            where = f"rendered fields {dag_id}/{run_id}/{task_id}[{map_index}]"
+            findings += [(where, kind) for kind, rx in patterns.items() if value and rx.search(value)]
         return findings
+
+    def rendered_field_rows(self) -> Iterator[tuple[str, str, str, int, str]]:
+        """Every task instance's rendered template fields (what the UI shows)."""
+        with psycopg.connect(**self.metadata_conninfo) as conn:
+            yield from conn.execute(
+                "SELECT dag_id, run_id, task_id, map_index, rendered_fields::text FROM rendered_task_instance_fields"
+            )
 
     def xcom_rows(self) -> Iterator[tuple[str, str, str, int, str, str]]:
         """Every XCom in the metadata DB: (dag_id, run_id, task_id, map_index, key, value as text)."""
