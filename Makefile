@@ -51,6 +51,8 @@ e2e: venv
 
 bench: venv
 	$(PY) bench/bench_fetch.py $(BENCH_ARGS)
+	$(PY) bench/bench_sms.py $(BENCH_SMS_ARGS)
+	$(PY) bench/bench_poll.py
 
 compose-check: tools
 	docker-compose -f docker-compose.yaml config -q
