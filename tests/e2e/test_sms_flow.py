@@ -237,9 +237,24 @@ def _states(samples: list[TaskSample]) -> str:
     return " ".join(out)
 
 
+def _torn(samples: list[TaskSample], i: int) -> bool:
+    """Whether sample ``i`` is a torn read at the end of a deferral: the REST API reads the task
+    instance row and then lazy-loads its trigger in a second SELECT, so a read that straddles the
+    trigger firing (instance rescheduled, trigger row cleaned up) shows "deferred" with no trigger.
+    Only a single such sample, with no deferred pool slot, counts as torn; an instance that stays
+    deferred without a trigger is still caught."""
+    s = samples[i]
+    if s.state != "deferred" or s.trigger_id is not None:
+        return False
+    after = samples[i + 1] if i + 1 < len(samples) else None
+    return (after is None or after.state != "deferred" or after.trigger_id is not None) and s.pool_deferred == 0
+
+
 def _deferrals(samples: list[TaskSample]) -> list[list[TaskSample]]:
     """The samples of each observed deferral (consecutive deferred samples of one trigger)."""
     episodes: list[list[TaskSample]] = []
+    torn = {i for i in range(len(samples)) if _torn(samples, i)}
+    samples = [s for i, s in enumerate(samples) if i not in torn]
     for prev, s in zip([None, *samples], samples, strict=False):
         if s.state != "deferred":
             continue
