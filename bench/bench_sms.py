@@ -12,7 +12,8 @@ message ids once each, or a batch/content that differs from what the outbox pres
    first-run case in a transaction that is rolled back. ``--qual-prototypes`` also times candidate
    index/SQL/setting changes, each in a rolled-back transaction.
 2. Submission: M customers with real AES-GCM PII and valid Israeli mobiles, all qualifying; the real
-   qualify(), render_qualified() and write_outbox() (timed as setup); then, per carrier latency
+   qualify(), render_qualified(), and the preparation the DAG does the evening before the send window
+   (write_outbox(): payload rendered and encrypted; assign_batches()), timed as setup; then, per carrier latency
    (``--latencies 0,100``: 0 ms shows the stage's CPU cost, 100 ms a real carrier), ``--repeat`` times:
    *bare*: the same JSON bodies the stage sends (built beforehand from the outbox with the stage's
    own functions, and checked afterwards against what the carrier received), POSTed by
@@ -784,7 +785,8 @@ FROM customers c
 
 
 def build_submission_base(args: argparse.Namespace, conninfo: dict[str, Any], keyring: Any) -> dict[str, Any]:
-    """M qualifying customers with real PII; the real qualify(), render_qualified() and write_outbox()."""
+    """M qualifying customers with real PII; the real qualify(), render_qualified(), write_outbox() and
+    assign_batches() (plan_send's preparation of the outbox before the send window)."""
     import psycopg
 
     from premium.banking.stage import correlation_id_for
@@ -828,16 +830,22 @@ def build_submission_base(args: argparse.Namespace, conninfo: dict[str, Any], ke
     timings["render_qualified_s"] = time.monotonic() - t0
     t0 = time.monotonic()
     with psycopg.connect(**conninfo) as conn:
-        created = outbox.write_outbox(conn, CHECK_DATE, campaign_id_for(CHECK_DATE), "corr-bench-outbox")
-    timings["write_outbox_s"] = time.monotonic() - t0
+        created = outbox.write_outbox(
+            conn, CHECK_DATE, campaign_id_for(CHECK_DATE), "corr-bench-outbox", keyring=keyring, renderer=renderer
+        )
+        timings["write_outbox_s"] = time.monotonic() - t0
+        t0 = time.monotonic()
+        outbox.assign_batches(conn, campaign_id_for(CHECK_DATE), CHECK_DATE, settings.batch_size, "corr-bench-outbox")
+        conn.commit()
+    timings["assign_batches_s"] = time.monotonic() - t0
     if created != args.messages:
         raise RuntimeError(f"write_outbox created {created} notifications, expected {args.messages}")
     vacuum_analyze(conninfo, ["customers", "qualification_outcomes", "sms_notifications"])
     return {"timings": timings, "renders": renders}
 
 
-def reset_outbox(conninfo: dict[str, Any], campaign_id: str) -> float:
-    """A fresh outbox for the next stage run (what write_outbox leaves before submission); seconds."""
+def reset_outbox(conninfo: dict[str, Any], campaign_id: str, keyring: Any, renderer: Any, settings: Any) -> float:
+    """A fresh outbox for the next stage run (what plan_send's preparation leaves before the window); seconds."""
     import psycopg
 
     from premium.sms import outbox
@@ -846,7 +854,9 @@ def reset_outbox(conninfo: dict[str, Any], campaign_id: str) -> float:
     with setup_connection(conninfo) as conn:
         conn.execute("TRUNCATE sms_messages, sms_batches, sms_notifications RESTART IDENTITY CASCADE")
     with psycopg.connect(**conninfo) as conn:
-        outbox.write_outbox(conn, CHECK_DATE, campaign_id, "corr-bench-outbox")
+        outbox.write_outbox(conn, CHECK_DATE, campaign_id, "corr-bench-outbox", keyring=keyring, renderer=renderer)
+        outbox.assign_batches(conn, campaign_id, CHECK_DATE, settings.batch_size, "corr-bench-outbox")
+        conn.commit()
     vacuum_analyze(conninfo, ["sms_notifications", "sms_messages", "sms_batches"])
     return time.monotonic() - t0
 
@@ -854,9 +864,10 @@ def reset_outbox(conninfo: dict[str, Any], campaign_id: str) -> float:
 def expected_batches(
     conninfo: dict[str, Any], campaign_id: str, settings: Any, keyring: Any, renderer: Any
 ) -> list[tuple[str, list[dict[str, Any]]]]:
-    """The batches submit() will send for the outbox as it is now: assign_batches()'s layout (PENDING
-    notifications by customer_id, ``batch_size`` a batch, seq from 1), each batch's messages in
-    batch_payload_rows()'s order (message_id), built as Submitter._build() builds them."""
+    """The batches submit() will send for the prepared outbox as it is now: the batches and messages
+    assign_batches() made (PENDING messages, by message_id as batch_payload_rows() orders them), each
+    message built independently of the outbox's payload: the customer's PII decrypted, the number
+    normalised and the text rendered here, so that a payload that differs shows as a wrong result."""
     import psycopg
 
     from premium.crypto import aad_for
@@ -866,18 +877,15 @@ def expected_batches(
     with psycopg.connect(**conninfo) as conn:
         rows = conn.execute(
             """
-            WITH pending AS (
-                SELECT customer_id, attempts + 1 AS attempt, row_number() OVER (ORDER BY customer_id) AS rn
-                FROM sms_notifications
-                WHERE campaign_id = %(campaign)s AND status = 'PENDING' AND current_message_id IS NULL
-            )
-            SELECT (p.rn - 1) / %(size)s + 1 AS seq,
-                   'MSG-' || %(campaign)s || '-' || p.customer_id || '-' || p.attempt AS message_id,
-                   p.customer_id, p.attempt, c.language, c.first_name_enc, c.phone_enc, c.pii_key_id
-            FROM pending p JOIN customers c USING (customer_id)
-            ORDER BY seq, message_id
+            SELECT b.seq, m.message_id, m.customer_id, m.attempt, c.language, c.first_name_enc, c.phone_enc,
+                   c.pii_key_id
+            FROM sms_messages m
+            JOIN sms_batches b USING (batch_id)
+            JOIN customers c ON c.customer_id = m.customer_id
+            WHERE m.campaign_id = %(campaign)s AND m.status = 'PENDING' AND b.check_date = %(day)s
+            ORDER BY b.seq, m.message_id
             """,
-            {"campaign": campaign_id, "size": settings.batch_size},
+            {"campaign": campaign_id, "day": CHECK_DATE},
         ).fetchall()
     batches: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for seq, message_id, customer_id, attempt, language, name_enc, phone_enc, key_id in rows:
@@ -962,7 +970,7 @@ def instrumented_submitter(phases: PhaseTimes) -> type:
             return phases.timed("_open (open_batches)", super()._open)
 
         def _build(self, batch_id: str) -> Any:
-            return phases.timed("_build (fetch, decrypt, normalise, render)", super()._build, batch_id)
+            return phases.timed("_build (fetch + decrypt the payload)", super()._build, batch_id)
 
         def _bind(self, batch_id: str, carrier: str) -> Any:
             return phases.timed("_bind (UPDATE sms_batches)", super()._bind, batch_id, carrier)
@@ -977,50 +985,60 @@ def instrumented_submitter(phases: PhaseTimes) -> type:
 
 
 def build_cost_profile(conninfo: dict[str, Any], keyring: Any, renderer: Any, sample: int) -> dict[str, float]:
-    """Per-message CPU microseconds of _build()'s steps over ``sample`` outbox rows (single thread)."""
+    """Per-message CPU microseconds over ``sample`` outbox rows (single thread): _build()'s steps, and
+    the steps the preparation before the window does so that _build() need not."""
     import psycopg
 
     from premium.crypto import aad_for
     from premium.sms.encoding import analyse
+    from premium.sms.outbox import outbox_aad
     from premium.sms.phones import normalise_mobile
-    from premium.sms.render import clean_first_name
+    from premium.sms.submit import _E164
 
     with psycopg.connect(**conninfo) as conn:
         rows = conn.execute(
             """
-            SELECT n.customer_id, c.language, c.first_name_enc, c.phone_enc, c.pii_key_id
-            FROM sms_notifications n JOIN customers c USING (customer_id) ORDER BY n.customer_id LIMIT %s
+            SELECT n.customer_id, c.language, c.first_name_enc, c.phone_enc, c.pii_key_id, n.campaign_id,
+                   n.content_enc, n.phone_enc, n.pii_key_id
+            FROM sms_notifications n JOIN customers c USING (customer_id)
+            WHERE n.content_enc IS NOT NULL ORDER BY n.customer_id LIMIT %s
             """,
             (sample,),
         ).fetchall()
     n = len(rows) or 1
     out: dict[str, float] = {}
 
-    def step(name: str, fn: Callable[[tuple], Any]) -> list[Any]:
+    def step(name: str, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
         t0 = time.process_time()
-        results = [fn(r) for r in rows]
+        results = [fn(r) for r in items]
         out[name] = (time.process_time() - t0) / n * 1e6
         return results
 
-    phones = step("decrypt phone", lambda r: keyring.decrypt(bytes(r[3]), r[4], aad_for(r[0], "phone_number")))
-    names = step("decrypt name", lambda r: keyring.decrypt(bytes(r[2]), r[4], aad_for(r[0], "first_name")))
-    t0 = time.process_time()
-    for p in phones:
-        normalise_mobile(p)
-    out["normalise_mobile"] = (time.process_time() - t0) / n * 1e6
-    t0 = time.process_time()
-    texts = [renderer.render(nm, r[1]).text for nm, r in zip(names, rows, strict=True)]
-    out["renderer.render (total)"] = (time.process_time() - t0) / n * 1e6
-    t0 = time.process_time()
-    for nm in names:
-        clean_first_name(nm)
-    out["  clean_first_name"] = (time.process_time() - t0) / n * 1e6
-    t0 = time.process_time()
-    for t in texts:
-        analyse(t)
-    out["  encoding.analyse"] = (time.process_time() - t0) / n * 1e6
-    gsm = [t for t in texts if analyse(t).encoding == "GSM-7"]
-    out["  (share of GSM-7 texts)"] = 100.0 * len(gsm) / n
+    e164 = step(
+        "decrypt phone (payload)", lambda r: keyring.decrypt(r[7], r[8], outbox_aad(r[5], r[0], "phone_number")), rows
+    )
+    step("decrypt content (payload)", lambda r: keyring.decrypt(r[6], r[8], outbox_aad(r[5], r[0], "content")), rows)
+    step("E.164 check", _E164.fullmatch, e164)
+    phones = step(
+        "prep: decrypt phone + name",
+        lambda r: (
+            keyring.decrypt(r[3], r[4], aad_for(r[0], "phone_number")),
+            keyring.decrypt(r[2], r[4], aad_for(r[0], "first_name")),
+        ),
+        rows,
+    )
+    step("prep: normalise_mobile", lambda p: normalise_mobile(p[0]), phones)
+    texts = step(
+        "prep: renderer.render",
+        lambda pr: renderer.render(pr[0][1], pr[1][1]).text,
+        list(zip(phones, rows, strict=True)),
+    )
+    step("prep:   of which encoding.analyse", analyse, texts)
+    step(
+        "prep: encrypt text + number",
+        lambda t: (keyring.encrypt(t, b"x"), keyring.encrypt("+972501234567", b"y")),
+        texts,
+    )
     return out
 
 
@@ -1134,7 +1152,8 @@ def part_submission(args: argparse.Namespace, conninfo: dict[str, Any]) -> dict[
         f"setup: {m} customers with real encryption {t['customers_s']:.1f} s, {m} x {args.days} checks "
         f"{t['checks_s']:.1f} s (indexes {t['indexes_s']:.1f} s); qualify() {t['qualify_s']:.2f} s, "
         f"render_qualified() {t['render_qualified_s']:.1f} s ({m / t['render_qualified_s']:,.0f} msg/s), "
-        f"write_outbox() {t['write_outbox_s']:.2f} s"
+        f"preparation before the window: write_outbox() {t['write_outbox_s']:.2f} s "
+        f"({m / t['write_outbox_s']:,.0f} msg/s), assign_batches() {t['assign_batches_s']:.2f} s"
     )
     print("renders (template/encoding/segments): " + ", ".join(f"{k} {v}" for k, v in sorted(base["renders"].items())))
 
@@ -1203,7 +1222,7 @@ def part_submission(args: argparse.Namespace, conninfo: dict[str, Any]) -> dict[
                 runs.append(bare)
                 del bodies
                 # stage: submit() on a fresh outbox, against the reset carrier
-                reset_s = 0.0 if outbox_fresh else reset_outbox(conninfo, campaign_id)
+                reset_s = 0.0 if outbox_fresh else reset_outbox(conninfo, campaign_id, keyring, renderer, settings)
                 outbox_fresh = False
                 sim.reset()
                 with CpuWindow(sim.pid) as cpu:
@@ -1214,7 +1233,6 @@ def part_submission(args: argparse.Namespace, conninfo: dict[str, Any]) -> dict[
                         settings,
                         {"primary": endpoint},
                         keyring,
-                        renderer,
                         correlation_id,
                     )
                 problems, figures = submission_problems(
@@ -1297,7 +1315,7 @@ def instrumented_run(
 
     m = args.messages
     phases = PhaseTimes()
-    reset_outbox(conninfo, campaign_id)
+    reset_outbox(conninfo, campaign_id, keyring, renderer, settings)
     sim.reset()
     original_post = client_cls.post_batch
 
@@ -1313,7 +1331,7 @@ def instrumented_run(
         cls = instrumented_submitter(phases)
         correlation_id = correlation_id_for("bench__sms__instrumented", CHECK_DATE)
         endpoints = {"primary": endpoint}
-        submitter = cls(conninfo, campaign_id, CHECK_DATE, settings, endpoints, keyring, renderer, correlation_id)
+        submitter = cls(conninfo, campaign_id, CHECK_DATE, settings, endpoints, keyring, correlation_id)
         with CpuWindow(sim.pid) as cpu:
             asyncio.run(submitter.run())
     finally:
@@ -1329,10 +1347,12 @@ def instrumented_run(
         f"us/msg, PostgreSQL (this database) {us_each(cpu.pg_s, m)} us/msg; other load "
         f"{core_share(cpu.other_s + max(0.0, (cpu.pg_all_s or 0) - (cpu.pg_s or 0)), wall)}"
     )
-    print(f"  per-message CPU of _build's steps (single thread, {min(m, args.profile_sample)} messages):")
+    print(
+        f"  per-message CPU of _build's steps and of the preparation's (prep:, before the window; single thread, "
+        f"{min(m, args.profile_sample)} messages):"
+    )
     for name, us in costs.items():
-        unit = "%" if "share" in name else "us"
-        print(f"    {name:<30} {us:8.1f} {unit}")
+        print(f"    {name:<34} {us:8.1f} us")
     return {
         "seconds": wall,
         "rate": m / wall,
@@ -1414,7 +1434,8 @@ def print_table(args: argparse.Namespace, qual: dict | None, sub: dict | None, e
         setup_s = sum(v for k, v in s.items() if k != "indexes_s")
         print(
             f"{'submission setup':<44} {setup_s:>18.1f} s  {args.messages:,} customers, checks, qualify(), "
-            f"render_qualified() ({args.messages / s['render_qualified_s']:,.0f} msg/s), write_outbox()"
+            f"render_qualified() ({args.messages / s['render_qualified_s']:,.0f} msg/s), write_outbox() "
+            f"{s['write_outbox_s']:.1f} s + assign_batches() {s['assign_batches_s']:.1f} s (before the window)"
         )
         for r in sub["results"]:
             st, bare, lat = r["stage"], r["bare"], r["latency_ms"]

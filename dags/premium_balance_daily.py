@@ -22,9 +22,11 @@ a backfill of 2025-11-03 checks balances as of 2025-11-03. Never the wall clock.
 - `plan_send`: SEND, DRY_RUN (param `dry_run`) or LATE_NO_SEND (check date older than
   `sms_max_lag_days`: a backfill or a late rerun records qualification and sends nothing); the
   send window opens at `sms_send_time` on D + `sms_send_offset_days`, skipping `sms_no_send_days`.
+  In SEND mode it also prepares the outbox the evening before: one notification per customer and
+  campaign with its payload (rendered text and E.164 number, encrypted), placed in batches of
+  `sms_batch_size` with deterministic message and batch ids.
 - `wait_for_send_window`: deferrable wait (no worker slot held) until the window opens.
-- `submit_sms_batches`: the outbox (one notification per customer and campaign), deterministic
-  message and batch ids, batches of `sms_batch_size` POSTed to `sms_carrier`, failover to
+- `submit_sms_batches`: the prepared batches POSTed to `sms_carrier`, failover to
   `sms_carrier_secondary` when configured, otherwise buffering; publishes `sms_submissions`.
 
 **Connections**: `core_banking` (base URL; API key, bearer token or mTLS), `premium_db`,
@@ -129,7 +131,8 @@ def premium_balance_daily():
 
     @task
     def plan_send() -> str:
-        """Decide SEND / DRY_RUN / LATE_NO_SEND and the moment the send window opens."""
+        """Decide SEND / DRY_RUN / LATE_NO_SEND and the moment the send window opens; in SEND mode
+        prepare the outbox and its batches."""
         from premium.sms import tasks
 
         return tasks.plan_send(get_current_context())

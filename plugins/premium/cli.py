@@ -6,7 +6,7 @@ migrate                 apply the application schema migrations (connection prem
 gen-pii-keys            print a fresh premium_pii_keys connection extra (JSON) for a new deployment
 gen-customers           write a deterministic synthetic customer CSV
 load-customers FILE     validate and upsert customers from a CSV (all-or-nothing on a crash)
-rotate-pii-keys         re-encrypt customer PII under the keyring's current key
+rotate-pii-keys         re-encrypt customer PII and SMS outbox payloads under the keyring's current key
 rotate-balance-keys     re-encrypt encrypted balances (daily_balance_checks) under the keyring's current key
 balance-summary         the run record of a check date, for humans (or --json)
 """
@@ -101,11 +101,13 @@ def _load_customers(args: argparse.Namespace) -> int:
 def _rotate(args: argparse.Namespace) -> int:
     from premium.crypto import PiiKeyring, rotate_keys
     from premium.db import connect
+    from premium.sms.outbox import rotate_payload_keys
 
     keyring = PiiKeyring.from_connection()
     with connect() as conn:
         moved = rotate_keys(conn, keyring, batch_size=args.batch_size)
-    print(f"re-encrypted {moved} customers under key {keyring.current_key_id}")
+        payloads = rotate_payload_keys(conn, keyring, batch_size=args.batch_size)
+    print(f"re-encrypted {moved} customers and {payloads} SMS outbox payloads under key {keyring.current_key_id}")
     return 0
 
 

@@ -29,7 +29,7 @@ import hmac
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal, InvalidOperation
@@ -205,9 +205,53 @@ FOR UPDATE SKIP LOCKED
 _ROTATE_UPDATE = """
 UPDATE customers AS c
 SET first_name_enc = u.first_name_enc, phone_enc = u.phone_enc, pii_key_id = %(key_id)s
-FROM unnest(%(ids)s::bigint[], %(names)s::bytea[], %(phones)s::bytea[]) AS u(id, first_name_enc, phone_enc)
+FROM unnest(%(ids)s::bigint[], %(blobs_0)s::bytea[], %(blobs_1)s::bytea[]) AS u(id, first_name_enc, phone_enc)
 WHERE c.id = u.id
 """
+
+
+def rotate_rows(
+    conn: psycopg.Connection,
+    keyring: PiiKeyring,
+    select_sql: str,
+    update_sql: str,
+    blobs_of: Callable[[tuple], tuple[int, str, list[tuple[bytes, bytes]]]],
+    batch_size: int,
+    what: str,
+) -> int:
+    """Re-encrypt rows under the current key in batches; the number of rows moved.
+
+    ``select_sql`` takes ``current``, ``after`` (the last row id done) and ``limit`` and returns
+    rows in id order; ``blobs_of(row)`` gives ``(row id, key id, [(blob, aad), ...])``;
+    ``update_sql`` takes ``key_id``, ``ids`` and ``blobs_<i>`` (the i-th blob of every row). One
+    transaction per batch (use an autocommit connection, or one with no transaction open)."""
+    if batch_size < 1:
+        raise ValueError("batch_size must be positive")
+    current = keyring.current_key_id
+    moved = 0
+    after = 0
+    while True:
+        with conn.transaction(), conn.cursor() as cur:
+            cur.execute(select_sql, {"current": current, "after": after, "limit": batch_size})
+            rows = cur.fetchall()
+            if not rows:
+                break
+            params: dict[str, Any] = {"key_id": current, "ids": []}
+            for row in rows:
+                row_id, key_id, blobs = blobs_of(row)
+                params["ids"].append(row_id)
+                for i, (blob, aad) in enumerate(blobs):
+                    params.setdefault(f"blobs_{i}", []).append(
+                        keyring.encrypt(keyring.decrypt(blob, key_id, aad), aad)[1]
+                    )
+            cur.execute(update_sql, params)
+            moved += len(rows)
+            after = params["ids"][-1]
+        log.info("%s key rotation: %d rows moved to key %s so far", what, moved, current)
+        if len(rows) < batch_size:
+            break
+    log.info("%s key rotation done: %d rows moved to key %s", what, moved, current)
+    return moved
 
 
 def rotate_keys(conn: psycopg.Connection, keyring: PiiKeyring, batch_size: int = 1000) -> int:
@@ -220,34 +264,19 @@ def rotate_keys(conn: psycopg.Connection, keyring: PiiKeyring, batch_size: int =
     Idempotent: a second call moves nothing. Raises :class:`PiiDecryptError` for a row whose key
     is not in the keyring (that batch is rolled back; earlier batches stay committed).
     """
-    if batch_size < 1:
-        raise ValueError("batch_size must be positive")
-    current = keyring.current_key_id
-    moved = 0
-    after = 0
-    while True:
-        with conn.transaction(), conn.cursor() as cur:
-            cur.execute(_ROTATE_SELECT, {"current": current, "after": after, "limit": batch_size})
-            rows = cur.fetchall()
-            if not rows:
-                break
-            ids: list[int] = []
-            names: list[bytes] = []
-            phones: list[bytes] = []
-            for row_id, customer_id, name_enc, phone_enc, key_id in rows:
-                name_aad = aad_for(customer_id, "first_name")
-                phone_aad = aad_for(customer_id, "phone_number")
-                ids.append(row_id)
-                names.append(keyring.encrypt(keyring.decrypt(name_enc, key_id, name_aad), name_aad)[1])
-                phones.append(keyring.encrypt(keyring.decrypt(phone_enc, key_id, phone_aad), phone_aad)[1])
-            cur.execute(_ROTATE_UPDATE, {"key_id": current, "ids": ids, "names": names, "phones": phones})
-            moved += len(rows)
-            after = ids[-1]
-        log.info("PII key rotation: %d rows moved to key %s so far", moved, current)
-        if len(rows) < batch_size:
-            break
-    log.info("PII key rotation done: %d rows moved to key %s", moved, current)
-    return moved
+
+    def blobs_of(row: tuple) -> tuple[int, str, list[tuple[bytes, bytes]]]:
+        row_id, customer_id, name_enc, phone_enc, key_id = row
+        return (
+            row_id,
+            key_id,
+            [
+                (name_enc, aad_for(customer_id, "first_name")),
+                (phone_enc, aad_for(customer_id, "phone_number")),
+            ],
+        )
+
+    return rotate_rows(conn, keyring, _ROTATE_SELECT, _ROTATE_UPDATE, blobs_of, batch_size, "PII")
 
 
 # -- balances (§5.3) -------------------------------------------------------------------------------

@@ -74,7 +74,9 @@ def test_decisions_and_sends_are_queryable_by_customer_and_correlation_id(db, ap
     qualify(app_db, DAY, "manual__audit", SmsSettings())
     render_qualified(app_db, DAY, KEYRING, SmsRenderer())
     with psycopg.connect(**app_db) as conn:
-        created = outbox.write_outbox(conn, DAY, campaign, "corr-audit", "manual__audit")
+        created = outbox.write_outbox(
+            conn, DAY, campaign, "corr-audit", "manual__audit", keyring=KEYRING, renderer=SmsRenderer()
+        )
     with carrier("primary", env.TEST_SMS_API_KEY) as sim:
         summary = submit(
             app_db,
@@ -83,7 +85,6 @@ def test_decisions_and_sends_are_queryable_by_customer_and_correlation_id(db, ap
             SmsSettings(backoff_multiplier_s=0.001),
             {"primary": endpoint(sim, "primary", env.TEST_SMS_API_KEY)},
             KEYRING,
-            SmsRenderer(),
             "corr-audit",
         )
     with psycopg.connect(**app_db) as conn:

@@ -52,7 +52,7 @@ def submitted(db, app_db, tmp_path, airflow_db, monkeypatch):
     qualify(app_db, D, "manual__test", SmsSettings())
     render_qualified(app_db, D, KEYRING, SmsRenderer())
     with psycopg.connect(**app_db) as conn:
-        outbox.write_outbox(conn, D, CAMPAIGN, "corr-test")
+        outbox.write_outbox(conn, D, CAMPAIGN, "corr-test", keyring=KEYRING, renderer=SmsRenderer())
     with carrier("primary", env.TEST_SMS_API_KEY) as sim:
         monkeypatch.setenv("AIRFLOW_CONN_SMS_CARRIER", connection_json(sim, env.TEST_SMS_API_KEY))
         monkeypatch.delenv("AIRFLOW_CONN_SMS_CARRIER_SECONDARY", raising=False)
@@ -64,7 +64,6 @@ def submitted(db, app_db, tmp_path, airflow_db, monkeypatch):
             SMS_FAST,
             {"primary": endpoint(sim, "primary", env.TEST_SMS_API_KEY)},
             KEYRING,
-            SmsRenderer(),
             "corr-test",
         )
         yield app_db, sim

@@ -25,3 +25,26 @@ def test_upgrade_downgrade_upgrade(app_db: dict) -> None:
     migrations.upgrade(app_db)  # a second upgrade is a no-op
     assert migrations.current(app_db) == head
     assert "customers" in _tables(app_db)
+
+
+def test_the_outbox_payload_migration_refuses_while_a_campaign_is_mid_submission(app_db: dict) -> None:
+    """0006 gives notifications their payload; a PENDING one written before it could never be sent."""
+    migrations.downgrade(app_db, "0005_alert_delivery")
+    try:
+        with psycopg.connect(**app_db) as conn:
+            conn.execute(
+                "INSERT INTO sms_notifications (campaign_id, customer_id, check_date, status, language, template_id, "
+                "encoding, segments, correlation_id) VALUES ('c', '1', '2025-11-18', 'PENDING', 'he', 't', 'UCS-2', "
+                "1, 'corr')"
+            )
+        with pytest.raises(Exception, match="1 notifications are PENDING"):
+            migrations.upgrade(app_db)
+        assert migrations.current(app_db) == "0005_alert_delivery"
+        with psycopg.connect(**app_db) as conn:
+            conn.execute("UPDATE sms_notifications SET status = 'FAILED'")
+        migrations.upgrade(app_db)
+    finally:
+        with psycopg.connect(**app_db) as conn:
+            conn.execute("DELETE FROM sms_notifications")
+        migrations.upgrade(app_db)
+    assert migrations.current(app_db) == "0006_outbox_payload"

@@ -8,9 +8,12 @@ from datetime import date
 import psycopg
 import pytest
 
+from premium.crypto import PiiKeyring, aad_for
 from premium.settings import SmsSettings
 from premium.sms import outbox
 from premium.sms.carrier import CarrierAuthError
+from premium.sms.outbox import outbox_aad, rotate_payload_keys
+from premium.sms.phones import normalise_mobile
 from premium.sms.qualify import qualify, render_qualified
 from premium.sms.render import SmsRenderer
 from premium.sms.submit import Submitter, submit
@@ -18,6 +21,7 @@ from premium.sms.window import campaign_id_for
 from tests.support import env
 from tests.support.bank import KEYRING, load_synthetic_customers
 from tests.support.carrier import carrier, endpoint, make_everyone_pass, received_message_ids
+from tests.support.env import TEST_PII_KEYS
 
 pytestmark = pytest.mark.integration
 
@@ -55,7 +59,7 @@ def qualified(db, app_db, tmp_path):
     summary = qualify(app_db, D, "manual__test", settings)
     render_qualified(app_db, D, KEYRING, SmsRenderer())
     with psycopg.connect(**app_db) as conn:
-        outbox.write_outbox(conn, D, CAMPAIGN, CORR)
+        outbox.write_outbox(conn, D, CAMPAIGN, CORR, keyring=KEYRING, renderer=SmsRenderer())
     return app_db, summary.qualified
 
 
@@ -66,7 +70,7 @@ def fast(**kw) -> SmsSettings:
 
 
 def run(conninfo, settings, endpoints):
-    return submit(conninfo, CAMPAIGN, D, settings, endpoints, KEYRING, SmsRenderer(), CORR)
+    return submit(conninfo, CAMPAIGN, D, settings, endpoints, KEYRING, CORR)
 
 
 def primary_only(primary):
@@ -215,3 +219,155 @@ def test_rejected_credentials_fail_loudly(qualified, carriers) -> None:
     with pytest.raises(CarrierAuthError):
         run(conninfo, fast(), {"primary": endpoint(primary, "primary", "revoked")})
     assert received_message_ids(primary) == []
+
+
+def _payloads(conninfo) -> dict[str, tuple]:
+    """customer_id -> (status, error_code, content_enc, phone_enc, pii_key_id, language) of the campaign's outbox."""
+    with psycopg.connect(**conninfo) as conn:
+        rows = conn.execute(
+            "SELECT customer_id, status, error_code, content_enc, phone_enc, pii_key_id, language "
+            "FROM sms_notifications WHERE campaign_id = %s",
+            (CAMPAIGN,),
+        ).fetchall()
+    return {r[0]: r[1:] for r in rows}
+
+
+def _customer_pii(conninfo) -> dict[str, tuple[str, str]]:
+    with psycopg.connect(**conninfo) as conn:
+        rows = conn.execute("SELECT customer_id, first_name_enc, phone_enc, pii_key_id FROM customers").fetchall()
+    return {
+        cid: (
+            KEYRING.decrypt(name, key, aad_for(cid, "first_name")),
+            KEYRING.decrypt(phone, key, aad_for(cid, "phone_number")),
+        )
+        for cid, name, phone, key in rows
+    }
+
+
+def test_the_outbox_holds_the_rendered_payload_encrypted_and_that_is_what_is_sent(qualified, carriers) -> None:
+    conninfo, n = qualified
+    primary, _ = carriers
+    payloads, pii, renderer = _payloads(conninfo), _customer_pii(conninfo), SmsRenderer()
+    assert len(payloads) == n
+    expected = {}
+    for cid, (status, _code, content_enc, phone_enc, key_id, language) in payloads.items():
+        assert status == "PENDING" and key_id == KEYRING.current_key_id
+        name, raw_phone = pii[cid]
+        content = KEYRING.decrypt(content_enc, key_id, outbox_aad(CAMPAIGN, cid, "content"))
+        phone = KEYRING.decrypt(phone_enc, key_id, outbox_aad(CAMPAIGN, cid, "phone_number"))
+        assert content == renderer.render(name, language).text and phone == normalise_mobile(raw_phone)
+        assert phone.encode() not in phone_enc and name.encode() not in content_enc  # encrypted at rest
+        expected[cid] = (phone, content)
+    # a payload is bound to its notification: another customer's blob does not decrypt
+    (a, pa), (b, _pb) = list(payloads.items())[:2]
+    with pytest.raises(Exception, match="does not authenticate"):
+        KEYRING.decrypt(pa[2], pa[4], outbox_aad(CAMPAIGN, b, "content"))
+
+    summary = run(conninfo, fast(), primary_only(primary))
+    sent = {
+        m["messageId"].rsplit("-", 2)[-2]: (m["phoneNumber"], m["content"])
+        for m in primary.call("GET", "/_sim/received?content=1")
+    }
+    assert summary.messages_accepted + summary.messages_rejected == n
+    assert len(sent) == summary.messages_accepted > 0  # the simulator lists what it accepted
+    assert sent == {cid: expected[cid] for cid in sent}
+
+
+def test_a_number_that_is_no_longer_a_mobile_is_undeliverable_in_the_outbox_and_never_sent(
+    db, app_db, tmp_path, carriers
+) -> None:
+    load_synthetic_customers(app_db, tmp_path, 300, seed=4)
+    make_everyone_pass(app_db, D)
+    qualify(app_db, D, "manual__test", SmsSettings())
+    with psycopg.connect(**app_db) as conn:
+        stale = conn.execute(
+            "SELECT customer_id FROM qualification_outcomes WHERE outcome = 'qualified' ORDER BY customer_id LIMIT 1"
+        ).fetchone()[0]
+        key_id, blob = KEYRING.encrypt("02-6251234", aad_for(stale, "phone_number"))  # a landline; flag still valid
+        conn.execute(
+            "UPDATE customers SET phone_enc = %s, pii_key_id = %s WHERE customer_id = %s", (blob, key_id, stale)
+        )
+        conn.execute(
+            "UPDATE customers SET first_name_enc = %s WHERE customer_id = %s",
+            (KEYRING.encrypt("Dana", aad_for(stale, "first_name"))[1], stale),
+        )
+        created = outbox.write_outbox(conn, D, CAMPAIGN, CORR, "manual__test", keyring=KEYRING, renderer=SmsRenderer())
+        trail = conn.execute(
+            "SELECT outcome, details->>'reason' FROM audit_trail WHERE customer_id = %s AND action = 'notification_decided'",
+            (stale,),
+        ).fetchall()
+    payloads = _payloads(app_db)
+    assert created == len(payloads)
+    status, code, content_enc, phone_enc, key, _language = payloads[stale]
+    assert (status, code, content_enc, phone_enc, key) == ("UNDELIVERABLE", "21211", None, None, None)
+    assert trail == [("undeliverable:21211", "invalid_number: landline, not a mobile")]
+    primary, _ = carriers
+    summary = run(app_db, fast(), primary_only(primary))
+    assert summary.messages_accepted + summary.messages_rejected == len(payloads) - 1
+    assert all(i.rsplit("-", 2)[-2] != stale for i in received_message_ids(primary))
+    # a rerun of the preparation adds nothing and leaves the decision alone
+    with psycopg.connect(**app_db) as conn:
+        again = outbox.write_outbox(conn, D, CAMPAIGN, CORR, keyring=KEYRING, renderer=SmsRenderer())
+    assert again == 0 and _payloads(app_db)[stale][0] == "UNDELIVERABLE"
+
+
+def test_payload_key_rotation_moves_every_payload_to_the_current_key(qualified) -> None:
+    conninfo, n = qualified
+    old = PiiKeyring.from_extra({**TEST_PII_KEYS, "current_key_id": "test-k0"})
+    with psycopg.connect(**conninfo) as conn:
+        conn.execute("DELETE FROM sms_messages")
+        conn.execute("DELETE FROM sms_batches")
+        conn.execute("DELETE FROM sms_notifications")
+        conn.execute("DELETE FROM audit_trail WHERE action = 'notification_decided'")
+        assert outbox.write_outbox(conn, D, CAMPAIGN, CORR, keyring=old, renderer=SmsRenderer()) == n
+    before = {
+        cid: (KEYRING.decrypt(p[2], p[4], outbox_aad(CAMPAIGN, cid, "content")), p[3])
+        for cid, p in _payloads(conninfo).items()
+    }
+    assert {p[4] for p in _payloads(conninfo).values()} == {"test-k0"}
+    with psycopg.connect(**conninfo, autocommit=True) as conn:
+        assert rotate_payload_keys(conn, KEYRING, batch_size=100) == n
+        assert rotate_payload_keys(conn, KEYRING, batch_size=100) == 0
+    after = _payloads(conninfo)
+    assert {p[4] for p in after.values()} == {KEYRING.current_key_id}
+    for cid, p in after.items():
+        assert KEYRING.decrypt(p[2], p[4], outbox_aad(CAMPAIGN, cid, "content")) == before[cid][0]
+        assert p[3] != before[cid][1]  # re-encrypted, not relabelled
+
+
+def _plan_context(**params) -> dict:
+    from datetime import UTC, datetime
+    from types import SimpleNamespace
+
+    return {
+        "params": {"sms_max_lag_days": 100000, **params},  # "on time" whatever today's date is
+        "dag_run": SimpleNamespace(run_id=f"scheduled__{D}"),
+        "logical_date": datetime(D.year, D.month, D.day, 20, 0, tzinfo=UTC),  # 22:00 Asia/Jerusalem
+    }
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_plan_send_prepares_the_outbox_and_batches_the_evening_before_only_when_sending(
+    db, app_db, tmp_path, dry_run
+) -> None:
+    from premium.sms import tasks
+
+    load_synthetic_customers(app_db, tmp_path, 1400, seed=6)
+    make_everyone_pass(app_db, D)
+    n = qualify(app_db, D, f"scheduled__{D}", SmsSettings()).qualified
+    opens = tasks.plan_send(_plan_context(dry_run=dry_run))
+    with psycopg.connect(**app_db) as conn:
+        notifications = conn.execute("SELECT count(*) FROM sms_notifications").fetchone()[0]
+        batches = conn.execute("SELECT seq, status, messages FROM sms_batches ORDER BY seq").fetchall()
+        messages = conn.execute("SELECT count(*) FROM sms_messages WHERE status = 'PENDING'").fetchone()[0]
+    if dry_run:
+        assert (notifications, batches, messages) == (0, [], 0)
+        return
+    assert opens == "2025-11-19T09:00:00+02:00"  # nothing is sent before this: no carrier is configured here
+    assert notifications == messages == n > 1000
+    assert [b[0] for b in batches] == list(range(1, len(batches) + 1)) and len(batches) == -(-n // 500)
+    assert {b[1] for b in batches} == {"PENDING"} and sum(b[2] for b in batches) == n
+    tasks.plan_send(_plan_context())  # a retry or a cleared task: nothing new
+    with psycopg.connect(**app_db) as conn:
+        assert conn.execute("SELECT count(*) FROM sms_batches").fetchone()[0] == len(batches)
+        assert conn.execute("SELECT count(*) FROM sms_notifications").fetchone()[0] == n

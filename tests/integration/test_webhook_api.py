@@ -25,8 +25,10 @@ from standardwebhooks import Webhook
 from premium.delivery.state import CARRIER_STATUSES, StatusUpdate, apply_updates
 from premium.settings import SmsSettings
 from premium.simulators import carrier_model as cm
+from premium.sms.outbox import outbox_aad
 from tests.support import env
 from tests.support.apiserver import ApiServer
+from tests.support.bank import KEYRING
 from tests.support.carrier import carrier
 from tests.support.customers import add_customer
 
@@ -80,12 +82,15 @@ def make_messages(conn: psycopg.Connection, n: int, tracking_ids: list[str] | No
             customer_id = add_customer(conn, number)
             message_id = f"MSG-WH-{number}"
             tracking_id = tracking_ids[i] if tracking_ids else f"WH-TRACK-{number:08d}"
+            key_id, content_enc = KEYRING.encrypt("text", outbox_aad("CAMP-WH", customer_id, "content"))
+            _, phone_enc = KEYRING.encrypt(f"+97252{number:07d}", outbox_aad("CAMP-WH", customer_id, "phone_number"))
             (notification_id,) = conn.execute(
                 "INSERT INTO sms_notifications (campaign_id, customer_id, check_date, status, attempts, "
-                "current_message_id, language, template_id, encoding, segments, correlation_id) "
-                "VALUES ('CAMP-WH', %s, '2025-11-18', 'QUEUED', 1, %s, 'he', 'balance_he', 'UCS2', 1, 'corr-wh') "
-                "RETURNING notification_id",
-                (customer_id, message_id),
+                "current_message_id, language, template_id, encoding, segments, correlation_id, content_enc, "
+                "phone_enc, pii_key_id) "
+                "VALUES ('CAMP-WH', %s, '2025-11-18', 'QUEUED', 1, %s, 'he', 'balance_he', 'UCS2', 1, 'corr-wh', "
+                "%s, %s, %s) RETURNING notification_id",
+                (customer_id, message_id, content_enc, phone_enc, key_id),
             ).fetchone()
             conn.execute(
                 "INSERT INTO sms_messages (message_id, notification_id, campaign_id, customer_id, attempt, batch_id, "

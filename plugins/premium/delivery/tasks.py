@@ -90,7 +90,6 @@ def _resubmitter(conninfo: dict[str, Any], context: Any, run: Any):
 
         from premium.banking.stage import correlation_id_for
         from premium.crypto import PiiKeyring
-        from premium.sms.render import SmsRenderer
         from premium.sms.submit import submit
 
         with psycopg.connect(**conninfo) as conn:
@@ -98,15 +97,13 @@ def _resubmitter(conninfo: dict[str, Any], context: Any, run: Any):
             check_date = conn.execute(
                 "SELECT max(check_date) FROM sms_batches WHERE batch_id = ANY(%s)", (run.batch_ids,)
             ).fetchone()[0]
-        sms_settings = load_sms()
         summary = submit(
             conninfo,
             campaign_id,
             check_date,
-            sms_settings,
+            load_sms(),
             _endpoints(),
             PiiKeyring.from_connection(),
-            SmsRenderer(max_segments=sms_settings.max_segments, bank_name=sms_settings.bank_name),
             correlation_id_for(context["dag_run"].run_id, check_date),
         )
         log.info("resubmitted retries of %s: %s", campaign_id, summary.as_dict())

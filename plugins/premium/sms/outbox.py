@@ -1,6 +1,8 @@
 """The notification outbox and its batches (§3.2, exactly once).
 
-A notification row per (customer, campaign) is written before anything is sent. Each send
+A notification row per (customer, campaign) is written before anything is sent, with its payload
+(the rendered text and the E.164 number, encrypted): the outbox is prepared the evening before
+the send window, so the morning's submission only decrypts, POSTs and records. Each send
 attempt is a message with a deterministic id, ``MSG-<campaign>-<customer>-<attempt>``, placed in a
 batch with a deterministic id, ``BATCH-<check date>-<nnn>``. Ids are allocated once, in the
 database, under an advisory lock; a retry, a cleared run or a crash between POST and storing
@@ -16,6 +18,9 @@ from typing import Any
 
 import psycopg
 
+from premium.crypto import PiiKeyring, aad_for, rotate_rows
+from premium.sms.phones import InvalidPhone, normalise_mobile
+
 log = logging.getLogger(__name__)
 
 
@@ -27,39 +32,123 @@ def batch_id_for(check_date: date, seq: int) -> str:
     return f"BATCH-{check_date:%Y%m%d}-{seq:03d}"
 
 
-def write_outbox(
-    conn: psycopg.Connection, check_date: date, campaign_id: str, correlation_id: str, dag_run_id: str | None = None
-) -> int:
-    """One PENDING notification per qualified customer of D not yet in the campaign; returns new rows.
+def outbox_aad(campaign_id: str, customer_id: str, field: str) -> bytes:
+    """Associated data binding a payload ciphertext to one notification (campaign, customer) and field."""
+    return f"sms_notifications/{campaign_id}/{customer_id}/{field}".encode()
 
-    Each new notification is also an audit record (action ``notification_decided``)."""
-    cur = conn.execute(
-        """
-        WITH created AS (
-            INSERT INTO sms_notifications (campaign_id, customer_id, check_date, status, attempts, language,
-                                           template_id, encoding, segments, correlation_id)
-            SELECT q.campaign_id, q.customer_id, q.check_date, 'PENDING', 0, c.language,
-                   q.template_id, q.encoding, q.segments, %(correlation_id)s
-            FROM qualification_outcomes q JOIN customers c ON c.customer_id = q.customer_id
-            WHERE q.check_date = %(check_date)s AND q.campaign_id = %(campaign_id)s AND q.outcome = 'qualified'
-            ORDER BY q.customer_id
-            ON CONFLICT (campaign_id, customer_id) DO NOTHING
-            RETURNING customer_id, template_id
-        )
-        INSERT INTO audit_trail (action, customer_id, campaign_id, check_date, dag_run_id, outcome, correlation_id,
-                                 details)
-        SELECT 'notification_decided', customer_id, %(campaign_id)s, %(check_date)s::date, %(dag_run_id)s::text, 'notify',
-               %(correlation_id)s, jsonb_build_object('template_id', template_id)
-        FROM created
-        """,
-        {
-            "check_date": check_date,
-            "campaign_id": campaign_id,
-            "correlation_id": correlation_id,
-            "dag_run_id": dag_run_id,
-        },
-    )
-    return cur.rowcount
+
+_NEW_QUALIFIED = """
+SELECT q.customer_id, c.language, c.first_name_enc, c.phone_enc, c.pii_key_id
+FROM qualification_outcomes q
+JOIN customers c ON c.customer_id = q.customer_id
+WHERE q.check_date = %(check_date)s AND q.campaign_id = %(campaign_id)s AND q.outcome = 'qualified'
+  AND q.customer_id > %(after)s
+  AND NOT EXISTS (SELECT 1 FROM sms_notifications n
+                  WHERE n.campaign_id = %(campaign_id)s AND n.customer_id = q.customer_id)
+ORDER BY q.customer_id
+LIMIT %(limit)s
+"""
+
+_STAGING = """
+CREATE TEMP TABLE IF NOT EXISTS staging_outbox (
+    customer_id text, language text, template_id text, encoding text, segments int,
+    content_enc bytea, phone_enc bytea, pii_key_id text, status text, error_code text, error_detail text
+) ON COMMIT DELETE ROWS
+"""
+
+_INSERT_FROM_STAGING = """
+WITH created AS (
+    INSERT INTO sms_notifications (campaign_id, customer_id, check_date, status, attempts, language, template_id,
+                                   encoding, segments, content_enc, phone_enc, pii_key_id, error_code,
+                                   error_detail, correlation_id)
+    SELECT %(campaign_id)s, s.customer_id, %(check_date)s, s.status, 0, s.language, s.template_id, s.encoding,
+           s.segments, s.content_enc, s.phone_enc, s.pii_key_id, s.error_code, s.error_detail, %(correlation_id)s
+    FROM staging_outbox s
+    ORDER BY s.customer_id
+    ON CONFLICT (campaign_id, customer_id) DO NOTHING
+    RETURNING customer_id, template_id, status, error_detail
+)
+INSERT INTO audit_trail (action, customer_id, campaign_id, check_date, dag_run_id, outcome, correlation_id, details)
+SELECT 'notification_decided', customer_id, %(campaign_id)s, %(check_date)s::date, %(dag_run_id)s::text,
+       CASE WHEN status = 'PENDING' THEN 'notify' ELSE 'undeliverable:21211' END, %(correlation_id)s,
+       jsonb_strip_nulls(jsonb_build_object('template_id', template_id, 'reason', error_detail))
+FROM created
+"""
+
+
+def write_outbox(
+    conn: psycopg.Connection,
+    check_date: date,
+    campaign_id: str,
+    correlation_id: str,
+    dag_run_id: str | None = None,
+    *,
+    keyring: PiiKeyring,
+    renderer: Any,
+    page_size: int = 5000,
+) -> int:
+    """One notification per qualified customer of D not yet in the campaign, with its payload; returns new rows.
+
+    The payload is what the morning submission sends: the rendered text and the E.164 number,
+    each encrypted under the keyring's current key and bound to the notification
+    (:func:`outbox_aad`). A number that is not a valid Israeli mobile any more (the customer's
+    ``phone_valid`` flag was stale) gives an UNDELIVERABLE notification (§3.6 21211, never sent)
+    instead. Each new notification is also an audit record (action ``notification_decided``).
+    Pages of ``page_size`` customers, committed one by one: a retry continues where it stopped."""
+    created = 0
+    after = ""
+    while True:
+        rows = conn.execute(
+            _NEW_QUALIFIED,
+            {"check_date": check_date, "campaign_id": campaign_id, "after": after, "limit": page_size},
+        ).fetchall()
+        if not rows:
+            break
+        with conn.cursor() as cur:
+            cur.execute(_STAGING)
+            with cur.copy("COPY staging_outbox FROM STDIN") as copy:
+                for customer_id, language, name_enc, phone_enc, key_id in rows:
+                    copy.write_row(
+                        _payload_row(keyring, renderer, campaign_id, customer_id, language, name_enc, phone_enc, key_id)
+                    )
+            cur.execute(
+                _INSERT_FROM_STAGING,
+                {
+                    "check_date": check_date,
+                    "campaign_id": campaign_id,
+                    "correlation_id": correlation_id,
+                    "dag_run_id": dag_run_id,
+                },
+            )
+            created += cur.rowcount
+        conn.commit()
+        after = rows[-1][0]
+    return created
+
+
+def _payload_row(
+    keyring: PiiKeyring,
+    renderer: Any,
+    campaign_id: str,
+    customer_id: str,
+    language: str,
+    name_enc: bytes,
+    phone_enc: bytes,
+    key_id: str,
+) -> tuple[Any, ...]:
+    """The staging row of one notification: rendered and encrypted, or UNDELIVERABLE (invalid number)."""
+    name = keyring.decrypt(bytes(name_enc), key_id, aad_for(customer_id, "first_name"))
+    rendered = renderer.render(name, language)
+    payload: tuple[Any, ...] = (None, None, None, "UNDELIVERABLE", "21211")
+    try:
+        e164 = normalise_mobile(keyring.decrypt(bytes(phone_enc), key_id, aad_for(customer_id, "phone_number")))
+    except InvalidPhone as exc:
+        payload += (f"invalid_number: {exc.reason}",)
+    else:
+        current, content_enc = keyring.encrypt(rendered.text, outbox_aad(campaign_id, customer_id, "content"))
+        _, e164_enc = keyring.encrypt(e164, outbox_aad(campaign_id, customer_id, "phone_number"))
+        payload = (content_enc, e164_enc, current, "PENDING", None, None)
+    return (customer_id, language, rendered.template_id, rendered.encoding, rendered.segments, *payload)
 
 
 def _lock(conn: psycopg.Connection, check_date: date) -> None:
@@ -180,13 +269,53 @@ def open_batches(conn: psycopg.Connection, campaign_id: str) -> list[tuple[str, 
 
 
 def batch_payload_rows(conn: psycopg.Connection, batch_id: str) -> list[tuple[Any, ...]]:
-    """The batch's messages with what is needed to build them: ids, language, encrypted PII."""
+    """The batch's PENDING messages with their notification's encrypted payload:
+    (message_id, customer_id, campaign_id, content_enc, phone_enc, pii_key_id), by message id."""
     return conn.execute(
         """
-        SELECT m.message_id, m.customer_id, c.language, c.first_name_enc, c.phone_enc, c.pii_key_id
-        FROM sms_messages m JOIN customers c ON c.customer_id = m.customer_id
+        SELECT m.message_id, m.customer_id, m.campaign_id, n.content_enc, n.phone_enc, n.pii_key_id
+        FROM sms_messages m JOIN sms_notifications n ON n.notification_id = m.notification_id
         WHERE m.batch_id = %s AND m.status = 'PENDING'
         ORDER BY m.message_id
         """,
         (batch_id,),
     ).fetchall()
+
+
+_ROTATE_SELECT = """
+SELECT notification_id, campaign_id, customer_id, content_enc, phone_enc, pii_key_id
+FROM sms_notifications
+WHERE content_enc IS NOT NULL AND pii_key_id <> %(current)s AND notification_id > %(after)s
+ORDER BY notification_id
+LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED
+"""
+
+_ROTATE_UPDATE = """
+UPDATE sms_notifications AS n
+SET content_enc = u.content_enc, phone_enc = u.phone_enc, pii_key_id = %(key_id)s
+FROM unnest(%(ids)s::bigint[], %(blobs_0)s::bytea[], %(blobs_1)s::bytea[]) AS u(id, content_enc, phone_enc)
+WHERE n.notification_id = u.id
+"""
+
+
+def rotate_payload_keys(conn: psycopg.Connection, keyring: PiiKeyring, batch_size: int = 1000) -> int:
+    """Re-encrypt every outbox payload not under the keyring's current key; the number of rows moved.
+
+    As :func:`premium.crypto.rotate_keys` for customers: batches in ``notification_id`` order, one
+    transaction each, ``FOR UPDATE SKIP LOCKED`` (a submission in progress keeps its rows; they
+    are left for the next call), idempotent, and the old key must stay in the ring until done.
+    ``updated_at`` is not touched."""
+
+    def blobs_of(row: tuple) -> tuple[int, str, list[tuple[bytes, bytes]]]:
+        notification_id, campaign_id, customer_id, content_enc, phone_enc, key_id = row
+        return (
+            notification_id,
+            key_id,
+            [
+                (content_enc, outbox_aad(campaign_id, customer_id, "content")),
+                (phone_enc, outbox_aad(campaign_id, customer_id, "phone_number")),
+            ],
+        )
+
+    return rotate_rows(conn, keyring, _ROTATE_SELECT, _ROTATE_UPDATE, blobs_of, batch_size, "outbox payload")

@@ -3,7 +3,7 @@
 :func:`qualify` writes one ``qualification_outcomes`` row per customer for the check date
 (include/sql/qualify_customers.sql). :func:`render_qualified` renders each qualified customer's
 SMS (decrypting the first name in memory only) to record template, encoding and segments;
-the text itself is never stored.
+the text is not stored here (only in the outbox, encrypted: :func:`premium.sms.outbox.write_outbox`).
 """
 
 from __future__ import annotations

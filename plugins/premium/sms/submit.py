@@ -3,13 +3,14 @@
 Runs until every open batch is accepted, buffered or failed:
 
 1. new messages (first attempts, and retries the failure policy allows) are placed in batches;
-2. each open batch is built in memory (PII decrypted, phone normalised to E.164, content rendered)
-   and POSTed, ``in_flight_batches`` at a time;
+2. each open batch is built in memory from the outbox's encrypted payload (text and E.164 number
+   rendered and validated when the outbox was prepared) and POSTed, ``in_flight_batches`` at a time;
 3. a batch is bound to a carrier before its first POST. After an ambiguous failure it stays
    bound (only the same batch to the same carrier may follow); after a definite non-acceptance
    (the carrier answered no, or could not be reached) it may move to the secondary carrier
    when failover is on (primary breaker open, or its failure rate in this run over
-   ``failover_failure_rate``). Without a secondary carrier such batches are BUFFERED and sent
+   ``failover_failure_rate``), or once the primary has not accepted it ``1 + post_retries``
+   times. Without a secondary carrier such batches are BUFFERED and sent
    by a later attempt or run;
 4. a 202 is recorded message by message: tracking ids, rejections by §3.6 code, and messages it
    does not mention, which move to a new batch under the same message ids.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import threading
 import time
 from collections import Counter
@@ -31,15 +33,17 @@ import psycopg
 
 from premium.audit import AuditLog, write_events
 from premium.audit import flush as audit_flush
-from premium.crypto import PiiKeyring, aad_for
+from premium.crypto import PiiKeyring
 from premium.delivery.state import register_accepted
 from premium.settings import SmsSettings
 from premium.sms import outbox
 from premium.sms.carrier import CarrierEndpoint, PostResult, SmsCarrierClient, sleep_backoff
 from premium.sms.failures import classify, may_retry
-from premium.sms.phones import InvalidPhone, normalise_mobile
+from premium.sms.outbox import outbox_aad
 
 log = logging.getLogger(__name__)
+
+_E164 = re.compile(r"\+[1-9]\d{7,14}")  # the outbox stores numbers normalise_mobile() accepted
 
 
 @dataclass
@@ -76,7 +80,6 @@ class Submitter:
         settings: SmsSettings,
         endpoints: dict[str, CarrierEndpoint],
         keyring: PiiKeyring,
-        renderer: Any,
         correlation_id: str,
     ) -> None:
         if "primary" not in endpoints:
@@ -87,7 +90,6 @@ class Submitter:
         self.settings = settings
         self.endpoints = endpoints
         self.keyring = keyring
-        self.renderer = renderer
         self.correlation_id = correlation_id
         self.summary = SubmitSummary()
         self.audit = AuditLog()  # every POST, written with the batch's bookkeeping
@@ -135,26 +137,25 @@ class Submitter:
             return outbox.open_batches(conn, self.campaign_id)
 
     def _build(self, batch_id: str) -> tuple[list[dict[str, Any]], list[str]]:
-        """The §3.2 messages of a batch, and the message ids whose stored number is not a mobile."""
+        """The §3.2 messages of a batch from the outbox's payload, and the message ids whose stored
+        number is not an E.164 number (a damaged payload: rejected locally, never sent)."""
         with self._connect() as conn:
             rows = outbox.batch_payload_rows(conn, batch_id)
         messages, invalid = [], []
-        for message_id, customer_id, language, name_enc, phone_enc, key_id in rows:
-            phone_raw = self.keyring.decrypt(bytes(phone_enc), key_id, aad_for(customer_id, "phone_number"))
-            try:
-                phone = normalise_mobile(phone_raw)
-            except InvalidPhone:
+        decrypt = self.keyring.decrypt
+        priority, callback_url = self.settings.priority, self.settings.callback_url
+        for message_id, customer_id, campaign_id, content_enc, phone_enc, key_id in rows:
+            phone = decrypt(phone_enc, key_id, outbox_aad(campaign_id, customer_id, "phone_number"))
+            if not _E164.fullmatch(phone):
                 invalid.append(message_id)
                 continue
-            name = self.keyring.decrypt(bytes(name_enc), key_id, aad_for(customer_id, "first_name"))
-            rendered = self.renderer.render(name, language)
             messages.append(
                 {
                     "messageId": message_id,
                     "phoneNumber": phone,
-                    "content": rendered.text,
-                    "priority": self.settings.priority,
-                    "callbackUrl": self.settings.callback_url,
+                    "content": decrypt(content_enc, key_id, outbox_aad(campaign_id, customer_id, "content")),
+                    "priority": priority,
+                    "callbackUrl": callback_url,
                 }
             )
         return messages, invalid
@@ -288,10 +289,14 @@ class Submitter:
                 self._primary_posts,
             )
 
-    def _choose(self, carrier: str | None, ambiguous: bool) -> str | None:
+    def _choose(self, carrier: str | None, ambiguous: bool, posts: Counter) -> str | None:
+        """The carrier for the batch's next POST (None: none may take it now). A batch pinned by an
+        ambiguous POST stays; otherwise the secondary takes it once failover is on, or once the
+        primary has definitely not accepted it ``1 + post_retries`` times (the run-wide switch
+        may not have tripped yet while batches are in flight)."""
         if carrier and ambiguous:
             return carrier if carrier in self.endpoints else None
-        if self.failover and "secondary" in self.endpoints:
+        if "secondary" in self.endpoints and (self.failover or posts["primary"] > self.settings.post_retries):
             return "secondary"
         if self.clients["primary"].breaker_open and "secondary" not in self.endpoints:
             return None
@@ -304,7 +309,7 @@ class Submitter:
         posts: Counter = Counter()  # POSTs per carrier: each carrier gets 1 + post_retries
         last: PostResult | None = None
         while True:
-            target = self._choose(carrier, ambiguous)
+            target = self._choose(carrier, ambiguous, posts)
             if target is None or posts[target] > self.settings.post_retries:
                 break
             if not messages:
@@ -424,8 +429,7 @@ def submit(
     settings: SmsSettings,
     endpoints: dict[str, CarrierEndpoint],
     keyring: PiiKeyring,
-    renderer: Any,
     correlation_id: str,
 ) -> SubmitSummary:
-    submitter = Submitter(conninfo, campaign_id, check_date, settings, endpoints, keyring, renderer, correlation_id)
+    submitter = Submitter(conninfo, campaign_id, check_date, settings, endpoints, keyring, correlation_id)
     return asyncio.run(submitter.run())

@@ -149,7 +149,33 @@ def plan_send(context: Any) -> str:
         log.warning("%s", detail)
         status, wait_until = "NOT_SENT", decided_at
     _record_run(premium_db_kwargs(), check_date, mode=mode, send_after=send_after, status=status, detail=detail)
+    if mode == window.SEND:
+        _prepare_outbox(context, check_date, settings)
     return wait_until.isoformat()
+
+
+def _prepare_outbox(context: Any, check_date: Any, settings: SmsSettings) -> None:
+    """Write the campaign's outbox (payload rendered and encrypted) and place its messages in
+    batches, so that the send window only has to POST and record. Idempotent: what is already in
+    the outbox or in a batch stays as it is (a retry, a cleared run, the submission task's own call)."""
+    import psycopg
+
+    from premium.banking.stage import correlation_id_for
+    from premium.connections import premium_db_kwargs
+    from premium.crypto import PiiKeyring
+    from premium.sms import outbox
+    from premium.sms.window import campaign_id_for
+
+    run_id = context["dag_run"].run_id
+    correlation_id = correlation_id_for(run_id, check_date)
+    campaign_id = campaign_id_for(check_date)
+    keyring, renderer = PiiKeyring.from_connection(), _renderer(settings)
+    with psycopg.connect(**premium_db_kwargs()) as conn:
+        created = outbox.write_outbox(
+            conn, check_date, campaign_id, correlation_id, run_id, keyring=keyring, renderer=renderer
+        )
+        batch_ids = outbox.assign_batches(conn, campaign_id, check_date, settings.batch_size, correlation_id)
+    log.info("outbox of %s: %d new notifications, %d new batches", campaign_id, created, len(batch_ids))
 
 
 def submit(context: Any) -> dict[str, Any]:
@@ -160,7 +186,6 @@ def submit(context: Any) -> dict[str, Any]:
     from premium.banking.stage import correlation_id_for
     from premium.connections import get_connection, premium_db_kwargs
     from premium.crypto import PiiKeyring
-    from premium.sms import outbox
     from premium.sms.carrier import CarrierAuthError, CarrierEndpoint
     from premium.sms.submit import submit as run_submission
     from premium.sms.window import SEND, campaign_id_for
@@ -183,20 +208,11 @@ def submit(context: Any) -> dict[str, Any]:
         endpoints["secondary"] = CarrierEndpoint.from_connection(get_connection(SECONDARY_CONN_ID), "secondary")
     except Exception:  # noqa: BLE001 - AirflowNotFoundException: no secondary carrier configured
         log.info("no %s connection: without a secondary carrier, unsent batches are buffered", SECONDARY_CONN_ID)
-    with psycopg.connect(**conninfo) as conn:
-        created = outbox.write_outbox(conn, check_date, campaign_id, correlation_id, run_id)
-    log.info("outbox: %d new notifications for %s", created, campaign_id)
+    _prepare_outbox(context, check_date, settings)  # normally done before the window: then a no-op
     _record_run(conninfo, check_date, status="SUBMITTING")
     try:
         summary = run_submission(
-            conninfo,
-            campaign_id,
-            check_date,
-            settings,
-            endpoints,
-            PiiKeyring.from_connection(),
-            _renderer(settings),
-            correlation_id,
+            conninfo, campaign_id, check_date, settings, endpoints, PiiKeyring.from_connection(), correlation_id
         )
     except CarrierAuthError as exc:
         raise SmsCarrierCredentialsRejected(str(exc)) from exc

@@ -1,0 +1,29 @@
+-- The outbox carries its payload: each notification's rendered text and E.164 number, encrypted
+-- (AES-256-GCM under the PII keyring, bound to campaign, customer and field), written when the
+-- outbox is prepared the evening before the send window. The morning submission only decrypts.
+--
+-- A campaign must not be mid-submission when this runs: a PENDING notification written before it
+-- has no payload and could not be sent.
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM sms_notifications WHERE status = 'PENDING') THEN
+        RAISE EXCEPTION '0006_outbox_payload: % notifications are PENDING (a campaign is mid-submission); '
+                        'finish or fail its submission, then migrate',
+                        (SELECT count(*) FROM sms_notifications WHERE status = 'PENDING');
+    END IF;
+END $$;
+
+ALTER TABLE sms_notifications
+    ADD COLUMN content_enc bytea,
+    ADD COLUMN phone_enc   bytea,
+    ADD COLUMN pii_key_id  text,
+    ADD CONSTRAINT sms_notifications_payload CHECK (
+        status <> 'PENDING' OR (content_enc IS NOT NULL AND phone_enc IS NOT NULL AND pii_key_id IS NOT NULL));
+
+-- Submission updates every notification and message row once or twice: without an index on the
+-- columns it changes, and with room on the page, those are HOT updates (no index writes).
+-- Lookups by campaign use the (campaign_id, customer_id) key; by tracking id, delivery_status.
+DROP INDEX IF EXISTS sms_notifications_status;
+DROP INDEX IF EXISTS sms_messages_tracking;
+ALTER TABLE sms_notifications SET (fillfactor = 80);
+ALTER TABLE sms_messages SET (fillfactor = 80);
