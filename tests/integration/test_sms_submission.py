@@ -342,6 +342,8 @@ def _plan_context(**params) -> dict:
     return {
         "params": {"sms_max_lag_days": 100000, **params},  # "on time" whatever today's date is
         "dag_run": SimpleNamespace(run_id=f"scheduled__{D}"),
+        "dag": SimpleNamespace(dag_id="premium_balance_daily"),
+        "ti": SimpleNamespace(task_id="plan_send"),
         "logical_date": datetime(D.year, D.month, D.day, 20, 0, tzinfo=UTC),  # 22:00 Asia/Jerusalem
     }
 
@@ -355,18 +357,28 @@ def test_plan_send_prepares_the_outbox_and_batches_the_evening_before_only_when_
     load_synthetic_customers(app_db, tmp_path, 1400, seed=6)
     make_everyone_pass(app_db, D)
     n = qualify(app_db, D, f"scheduled__{D}", SmsSettings()).qualified
+    with psycopg.connect(**app_db) as conn:  # one number stopped being a mobile since its flag was set
+        stale = conn.execute(
+            "SELECT customer_id FROM qualification_outcomes WHERE outcome = 'qualified' ORDER BY customer_id LIMIT 1"
+        ).fetchone()[0]
+        key_id, blob = KEYRING.encrypt("02-6251234", aad_for(stale, "phone_number"))
+        conn.execute(
+            "UPDATE customers SET phone_enc = %s, pii_key_id = %s WHERE customer_id = %s", (blob, key_id, stale)
+        )
     opens = tasks.plan_send(_plan_context(dry_run=dry_run))
     with psycopg.connect(**app_db) as conn:
         notifications = conn.execute("SELECT count(*) FROM sms_notifications").fetchone()[0]
         batches = conn.execute("SELECT seq, status, messages FROM sms_batches ORDER BY seq").fetchall()
         messages = conn.execute("SELECT count(*) FROM sms_messages WHERE status = 'PENDING'").fetchone()[0]
+        alerts = conn.execute("SELECT kind, task_id, details->>'count' FROM alerts").fetchall()
     if dry_run:
-        assert (notifications, batches, messages) == (0, [], 0)
+        assert (notifications, batches, messages, alerts) == (0, [], 0, [])
         return
     assert opens == "2025-11-19T09:00:00+02:00"  # nothing is sent before this: no carrier is configured here
-    assert notifications == messages == n > 1000
-    assert [b[0] for b in batches] == list(range(1, len(batches) + 1)) and len(batches) == -(-n // 500)
-    assert {b[1] for b in batches} == {"PENDING"} and sum(b[2] for b in batches) == n
+    assert notifications == messages + 1 == n > 1000
+    assert alerts == [("sms_undeliverable_numbers", "plan_send", "1")]
+    assert [b[0] for b in batches] == list(range(1, len(batches) + 1)) and len(batches) == -(-(n - 1) // 500)
+    assert {b[1] for b in batches} == {"PENDING"} and sum(b[2] for b in batches) == n - 1
     tasks.plan_send(_plan_context())  # a retry or a cleared task: nothing new
     with psycopg.connect(**app_db) as conn:
         assert conn.execute("SELECT count(*) FROM sms_batches").fetchone()[0] == len(batches)

@@ -175,7 +175,32 @@ def _prepare_outbox(context: Any, check_date: Any, settings: SmsSettings) -> Non
             conn, check_date, campaign_id, correlation_id, run_id, keyring=keyring, renderer=renderer
         )
         batch_ids = outbox.assign_batches(conn, campaign_id, check_date, settings.batch_size, correlation_id)
-    log.info("outbox of %s: %d new notifications, %d new batches", campaign_id, created, len(batch_ids))
+        invalid = 0
+        if created:  # numbers found not to be mobiles while preparing: never sent, escalated like a 21211
+            invalid = conn.execute(
+                "SELECT count(*) FROM sms_notifications WHERE campaign_id = %s AND check_date = %s "
+                "AND status = 'UNDELIVERABLE' AND attempts = 0",
+                (campaign_id, check_date),
+            ).fetchone()[0]
+    log.info(
+        "outbox of %s: %d new notifications (%d undeliverable: not a mobile), %d new batches",
+        campaign_id,
+        created,
+        invalid,
+        len(batch_ids),
+    )
+    if invalid:
+        from premium.alerts import raise_alert
+
+        raise_alert(
+            "sms_undeliverable_numbers",
+            f"{campaign_id}: {invalid} numbers are not valid Israeli mobiles (21211); not sent",
+            severity="warning",
+            details={"check_date": str(check_date), "count": invalid},
+            dag_id=context["dag"].dag_id,
+            run_id=run_id,
+            task_id=context["ti"].task_id,
+        )
 
 
 def submit(context: Any) -> dict[str, Any]:
