@@ -27,8 +27,8 @@ def test_upgrade_downgrade_upgrade(app_db: dict) -> None:
     assert "customers" in _tables(app_db)
 
 
-def test_the_outbox_payload_migration_refuses_while_a_campaign_is_mid_submission(app_db: dict) -> None:
-    """0006 gives notifications their payload; a PENDING one written before it could never be sent."""
+def test_the_outbox_payload_migration_refuses_while_a_campaign_is_in_flight(app_db: dict) -> None:
+    """0006 gives notifications their payload; one in flight before it could never be sent or retried."""
     migrations.downgrade(app_db, "0005_alert_delivery")
     try:
         with psycopg.connect(**app_db) as conn:
@@ -37,11 +37,15 @@ def test_the_outbox_payload_migration_refuses_while_a_campaign_is_mid_submission
                 "encoding, segments, correlation_id) VALUES ('c', '1', '2025-11-18', 'PENDING', 'he', 't', 'UCS-2', "
                 "1, 'corr')"
             )
-        with pytest.raises(Exception, match="1 notifications are PENDING"):
+        with pytest.raises(Exception, match="1 notifications are not final"):
             migrations.upgrade(app_db)
         assert migrations.current(app_db) == "0005_alert_delivery"
         with psycopg.connect(**app_db) as conn:
-            conn.execute("UPDATE sms_notifications SET status = 'FAILED'")
+            conn.execute("UPDATE sms_notifications SET status = 'QUEUED'")  # submitted, still tracked
+        with pytest.raises(Exception, match="1 notifications are not final"):
+            migrations.upgrade(app_db)
+        with psycopg.connect(**app_db) as conn:
+            conn.execute("UPDATE sms_notifications SET status = 'DELIVERED'")
         migrations.upgrade(app_db)
     finally:
         with psycopg.connect(**app_db) as conn:

@@ -2,14 +2,17 @@
 -- (AES-256-GCM under the PII keyring, bound to campaign, customer and field), written when the
 -- outbox is prepared the evening before the send window. The morning submission only decrypts.
 --
--- A campaign must not be mid-submission when this runs: a PENDING notification written before it
--- has no payload and could not be sent.
+-- No campaign may be in flight when this runs: a notification written before it has no payload,
+-- so it could be neither sent nor retried (delivery tracking retries until its final state).
 DO $$
+DECLARE
+    in_flight bigint := (SELECT count(*) FROM sms_notifications
+                         WHERE status NOT IN ('DELIVERED', 'FAILED', 'UNDELIVERABLE', 'UNCONFIRMED'));
 BEGIN
-    IF EXISTS (SELECT 1 FROM sms_notifications WHERE status = 'PENDING') THEN
-        RAISE EXCEPTION '0006_outbox_payload: % notifications are PENDING (a campaign is mid-submission); '
-                        'finish or fail its submission, then migrate',
-                        (SELECT count(*) FROM sms_notifications WHERE status = 'PENDING');
+    IF in_flight > 0 THEN
+        RAISE EXCEPTION '0006_outbox_payload: % notifications are not final (a campaign is being sent or '
+                        'tracked); let submission and delivery tracking finish (at most 72 h), then migrate',
+                        in_flight;
     END IF;
 END $$;
 
