@@ -47,6 +47,8 @@ PLUGINS = ROOT / "plugins"
 if str(PLUGINS) not in sys.path:  # appended: a PYTHONPATH naming another plugins copy (a prototype) wins
     sys.path.append(str(PLUGINS))
 
+from benchlib import machine_cpu_s, postmaster_pid, proc_cpu_s, recreate_database, write_report  # noqa: E402
+
 GOALS = {0: 0.6, 20: 0.9}  # latency_ms -> minimum stage/bare ratio
 FIRST_CHECK_DATE = date(2025, 11, 18)
 SEED = 20251118
@@ -56,31 +58,6 @@ SAMPLE_CHECK = 500  # recorded balances compared with the simulator's model, per
 CHILD_FLAG = "--child"
 
 # -- small helpers -----------------------------------------------------------------------------------
-
-
-def _clock_ticks() -> int:
-    return os.sysconf("SC_CLK_TCK")
-
-
-def proc_cpu_s(pid: int | None, *, children: bool = False) -> float | None:
-    """CPU seconds (user + system) of a process from /proc; with ``children``, plus its reaped children."""
-    if pid is None:
-        return None
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    ticks = int(fields[11]) + int(fields[12])
-    if children:
-        ticks += int(fields[13]) + int(fields[14])
-    return ticks / _clock_ticks()
-
-
-def proc_ppid(pid: int) -> int | None:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 def vm_hwm_kb() -> int | None:
@@ -241,30 +218,6 @@ def child_main(argv: list[str]) -> int:
 # -- setup -------------------------------------------------------------------------------------------
 
 
-def admin_conninfo(args: argparse.Namespace, dbname: str) -> dict[str, Any]:
-    return {
-        "host": args.pg_host,
-        "port": args.pg_port,
-        "user": args.pg_user,
-        "dbname": dbname,
-        "application_name": "premium-bench",
-    }
-
-
-def recreate_database(args: argparse.Namespace) -> dict[str, Any]:
-    import psycopg
-    from psycopg import sql
-
-    from premium import migrations
-
-    with psycopg.connect(**admin_conninfo(args, "postgres"), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(args.db)))
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(args.db)))
-    conninfo = admin_conninfo(args, args.db)
-    migrations.upgrade(conninfo)
-    return conninfo
-
-
 _COPY_CUSTOMERS = (
     "COPY customers (customer_id, account_id, first_name_enc, phone_enc, phone_hash, pii_key_id, "
     "language, status, sms_consent, sms_consent_at) FROM STDIN (FORMAT BINARY)"
@@ -334,27 +287,7 @@ def active_accounts(conninfo: dict[str, Any]) -> list[str]:
         return [r[0] for r in conn.execute("SELECT account_id FROM customers WHERE status = 'ACTIVE' ORDER BY id")]
 
 
-def postmaster_pid(conninfo: dict[str, Any]) -> int | None:
-    """The local PostgreSQL postmaster (parent of a backend), to read the server's CPU time; None if remote."""
-    import psycopg
-
-    with psycopg.connect(**conninfo) as conn:
-        backend = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
-    parent = proc_ppid(backend)
-    return parent if parent and proc_cpu_s(parent) is not None else None
-
-
 # -- CPU accounting ----------------------------------------------------------------------------------
-
-
-def machine_cpu_s() -> tuple[float, float] | None:
-    """(busy, steal) CPU seconds of the whole machine since boot, from /proc/stat."""
-    try:
-        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
-    return (user + nice + system + irq + softirq + steal) / _clock_ticks(), steal / _clock_ticks()
 
 
 def wait_for_quiet(max_wait_s: float, threshold: float = QUIET_SHARE) -> float | None:
@@ -982,9 +915,7 @@ def main(argv: list[str] | None = None) -> int:
             "rss_run": small,
             "wrong_results": wrong,
         }
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
-        print(f"figures written to {args.json}")
+        write_report(args.json, report)
     if wrong:
         print(f"WRONG RESULTS: {len(wrong)} problem(s), see above", file=sys.stderr)
         return 1

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import math
 import os
 import platform
@@ -48,6 +47,15 @@ PLUGINS = ROOT / "plugins"
 if str(PLUGINS) not in sys.path:  # appended: a PYTHONPATH naming another plugins copy (a prototype) wins
     sys.path.append(str(PLUGINS))
 
+from benchlib import (  # noqa: E402
+    clock_ticks,
+    machine_cpu_s,
+    postmaster_pid,
+    proc_cpu_s,
+    recreate_database,
+    write_report,
+)
+
 CHECK_DATE = date(2025, 11, 18)  # campaign premium-monthly-nov-2025
 EARLIER_NOTIFICATION_DATE = date(2025, 11, 8)  # "already notified" customers were sent on this date
 GOAL = 0.8  # minimum stage/bare ratio
@@ -57,27 +65,9 @@ HASH_BUCKETS = 1 << 20
 # -- small helpers -------------------------------------------------------------------------------------
 
 
-def _ticks() -> int:
-    return os.sysconf("SC_CLK_TCK")
-
-
-def proc_cpu_s(pid: int | None) -> float | None:
-    if pid is None:
-        return None
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return (int(fields[11]) + int(fields[12])) / _ticks()
-
-
-def machine_busy_s() -> float | None:
-    try:
-        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
-    return (user + nice + system + irq + softirq + steal) / _ticks()
+def _machine_busy_s() -> float | None:
+    both = machine_cpu_s()
+    return None if both is None else both[0]
 
 
 def postgres_cpu_s(postmaster: int | None) -> float | None:
@@ -90,21 +80,8 @@ def postgres_cpu_s(postmaster: int | None) -> float | None:
         children = Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split()
     except (OSError, IndexError):
         return None
-    total = (int(fields[13]) + int(fields[14])) / _ticks()
+    total = (int(fields[13]) + int(fields[14])) / clock_ticks()
     return total + sum(proc_cpu_s(int(pid)) or 0.0 for pid in children)
-
-
-def postmaster_pid(conninfo: dict[str, Any]) -> int | None:
-    """The local postmaster (parent of our backend), or None when the server is not local."""
-    import psycopg
-
-    with psycopg.connect(**conninfo) as conn:
-        backend = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
-    try:
-        parent = int(Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
-    return parent if proc_cpu_s(parent) is not None else None
 
 
 class CpuWindow:
@@ -165,7 +142,7 @@ class CpuWindow:
         self.sim0, self.pg0, self.machine0 = (
             proc_cpu_s(self.sim_pid),
             postgres_cpu_s(self.postmaster),
-            machine_busy_s(),
+            _machine_busy_s(),
         )
         self._thread.start()
         return self
@@ -173,7 +150,7 @@ class CpuWindow:
     def __exit__(self, *exc: object) -> None:
         self.wall_s = time.monotonic() - self.t0
         self.self_s = time.process_time() - self.self0
-        sim1, pg1, machine1 = proc_cpu_s(self.sim_pid), postgres_cpu_s(self.postmaster), machine_busy_s()
+        sim1, pg1, machine1 = proc_cpu_s(self.sim_pid), postgres_cpu_s(self.postmaster), _machine_busy_s()
         self._stop.set()
         self._thread.join()
         self._sample()
@@ -205,24 +182,6 @@ def core_share(cpu_s: float | None, wall_s: float) -> str:
 
 
 # -- database ------------------------------------------------------------------------------------------
-
-
-def conninfo_for(args: argparse.Namespace, dbname: str) -> dict[str, Any]:
-    return {"host": args.pg_host, "port": args.pg_port, "user": args.pg_user, "dbname": dbname}
-
-
-def recreate_database(args: argparse.Namespace) -> dict[str, Any]:
-    import psycopg
-    from psycopg import sql
-
-    from premium import migrations
-
-    with psycopg.connect(**conninfo_for(args, "postgres"), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(args.db)))
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(args.db)))
-    conninfo = conninfo_for(args, args.db)
-    migrations.upgrade(conninfo)
-    return conninfo
 
 
 @contextmanager
@@ -1027,7 +986,7 @@ def build_cost_profile(conninfo: dict[str, Any], keyring: Any, renderer: Any, sa
         ),
         rows,
     )
-    step("prep: normalise_mobile", lambda p: normalise_mobile(p[0]), phones)
+    numbers = step("prep: normalise_mobile", lambda p: normalise_mobile(p[0]), phones)
     texts = step(
         "prep: renderer.render",
         lambda pr: renderer.render(pr[0][1], pr[1][1]).text,
@@ -1036,8 +995,8 @@ def build_cost_profile(conninfo: dict[str, Any], keyring: Any, renderer: Any, sa
     step("prep:   of which encoding.analyse", analyse, texts)
     step(
         "prep: encrypt text + number",
-        lambda t: (keyring.encrypt(t, b"x"), keyring.encrypt("+972501234567", b"y")),
-        texts,
+        lambda tn: (keyring.encrypt(tn[0], b"content"), keyring.encrypt(tn[1], b"phone_number")),
+        list(zip(texts, numbers, strict=True)),
     )
     return out
 
@@ -1536,9 +1495,7 @@ def main(argv: list[str] | None = None) -> int:
             "submission": sub,
             "total_s": total_s,
         }
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
-        print(f"figures written to {args.json}")
+        write_report(args.json, report)
     if wrong:
         print(f"WRONG RESULTS: {len(wrong)} problem(s), see above", file=sys.stderr)
         return 1
