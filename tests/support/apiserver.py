@@ -36,12 +36,10 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any
-
-import httpx
 
 from tests.support import env
 from tests.support.db import ensure_database
+from tests.support.processes import file_tail, wait_healthy
 
 HEALTH_PATH = "/api/v2/monitor/health"
 
@@ -178,24 +176,16 @@ class ApiServer:
 
     def _wait_healthy(self) -> None:
         assert self._proc is not None
-        deadline = time.monotonic() + self.startup_timeout
-        last: Any = None
-        with httpx.Client(base_url=self.base_url, timeout=5.0, trust_env=False) as probe:
-            while time.monotonic() < deadline:
-                if self._proc.poll() is not None:
-                    raise ApiServerError(
-                        f"airflow api-server exited with {self._proc.returncode} during startup:\n{self.log_tail()}"
-                    )
-                try:
-                    resp = probe.get(HEALTH_PATH)
-                    last = resp.json() if resp.status_code == 200 else f"HTTP {resp.status_code}"
-                except (httpx.HTTPError, ValueError) as exc:
-                    last = repr(exc)
-                if isinstance(last, dict) and (last.get("metadatabase") or {}).get("status") == "healthy":
-                    return
-                time.sleep(0.5)
-        raise ApiServerError(
-            f"API server not healthy within {self.startup_timeout:.0f}s (last: {last}):\n{self.log_tail()}"
+        wait_healthy(
+            self._proc,
+            self.base_url,
+            HEALTH_PATH,
+            lambda health: (health.get("metadatabase") or {}).get("status") == "healthy",
+            timeout=self.startup_timeout,
+            interval=0.5,
+            what="airflow api-server",
+            error=ApiServerError,
+            log_tail=self.log_tail,
         )
 
     def stop(self) -> None:
@@ -229,10 +219,7 @@ class ApiServer:
         return self._proc is not None and self._proc.poll() is None
 
     def log_text(self) -> str:
-        try:
-            return self.output_log.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return ""
+        return file_tail(self.output_log, None)
 
     def log_tail(self, lines: int = 60) -> str:
-        return "\n".join(self.log_text().splitlines()[-lines:])
+        return file_tail(self.output_log, lines)

@@ -85,6 +85,7 @@ import psycopg
 
 from tests.support import env
 from tests.support.db import ensure_database
+from tests.support.processes import file_tail, wait_healthy
 
 DEFAULT_METADATA_DB = os.environ.get("PREMIUM_E2E_AIRFLOW_DB", "premium_e2e_airflow")
 VENV_BIN = Path(sys.executable).parent
@@ -296,24 +297,16 @@ class AirflowStandalone:
 
     def _wait_healthy(self) -> None:
         assert self._proc is not None
-        deadline = time.monotonic() + self.startup_timeout
-        last: Any = None
-        with httpx.Client(base_url=self.base_url, timeout=5.0, trust_env=False) as probe:
-            while time.monotonic() < deadline:
-                if self._proc.poll() is not None:
-                    raise StandaloneError(
-                        f"airflow standalone exited with {self._proc.returncode} during startup:\n{self.log_tail()}"
-                    )
-                try:
-                    resp = probe.get("/api/v2/monitor/health")
-                    last = resp.json() if resp.status_code == 200 else f"HTTP {resp.status_code}"
-                except (httpx.HTTPError, ValueError) as exc:
-                    last = repr(exc)
-                if isinstance(last, dict) and self._all_healthy(last):
-                    return
-                time.sleep(1.0)
-        raise StandaloneError(
-            f"Airflow not healthy within {self.startup_timeout:.0f}s (last health: {last}):\n{self.log_tail()}"
+        wait_healthy(
+            self._proc,
+            self.base_url,
+            "/api/v2/monitor/health",
+            self._all_healthy,
+            timeout=self.startup_timeout,
+            interval=1.0,
+            what="airflow standalone",
+            error=StandaloneError,
+            log_tail=self.log_tail,
         )
 
     @staticmethod
@@ -409,11 +402,7 @@ class AirflowStandalone:
         return self._proc is not None and self._proc.poll() is None
 
     def log_tail(self, lines: int = 60) -> str:
-        try:
-            text = self.output_log.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+        return file_tail(self.output_log, lines)
 
     # -- REST ------------------------------------------------------------------------------------
 
