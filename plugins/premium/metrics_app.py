@@ -26,14 +26,14 @@ from __future__ import annotations
 import hmac
 import logging
 import math
-import threading
-import time
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
+
+from premium.cache import Expiring
 
 log = logging.getLogger(__name__)
 
@@ -64,28 +64,6 @@ HELP = {
 }
 
 
-class _Cached:
-    """A value resolved at most every ``ttl`` seconds (thread-safe)."""
-
-    def __init__(self, loader, ttl: float = CACHE_TTL_S) -> None:
-        self._loader = loader
-        self._ttl = ttl
-        self._lock = threading.Lock()
-        self._value: Any = None
-        self._expires = float("-inf")
-
-    def get(self) -> Any:
-        with self._lock:
-            if time.monotonic() >= self._expires:
-                self._value = self._loader()
-                self._expires = time.monotonic() + self._ttl
-            return self._value
-
-    def clear(self) -> None:
-        with self._lock:
-            self._expires = float("-inf")
-
-
 def _load_scrape_token() -> str | None:
     try:
         from premium.connections import get_connection
@@ -103,8 +81,8 @@ def _load_conninfo() -> dict[str, Any]:
     return {**premium_db_kwargs(), "connect_timeout": 5}
 
 
-SCRAPE_TOKEN = _Cached(_load_scrape_token)
-CONNINFO = _Cached(_load_conninfo)
+SCRAPE_TOKEN = Expiring(_load_scrape_token, CACHE_TTL_S)
+CONNINFO = Expiring(_load_conninfo, CACHE_TTL_S)
 
 
 async def authorized(

@@ -34,6 +34,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from premium.audit import WEBHOOK_RECEIVED, AuditLog, write_events
+from premium.cache import Expiring
 from premium.webhooks.verify import (
     NotConfigured,
     PayloadError,
@@ -146,24 +147,6 @@ def _close_quietly(conn: Any) -> None:
         pass
 
 
-class _Expiring:
-    """A value recomputed at most every ``ttl`` seconds (thread-safe)."""
-
-    def __init__(self, compute: Callable[[], Any], ttl: float) -> None:
-        self._compute = compute
-        self._ttl = ttl
-        self._lock = threading.Lock()
-        self._value: Any = None
-        self._expires = float("-inf")
-
-    def get(self) -> Any:
-        with self._lock:
-            if time.monotonic() >= self._expires:
-                self._value = self._compute()
-                self._expires = time.monotonic() + self._ttl
-            return self._value
-
-
 def _premium_db_kwargs() -> dict[str, Any]:
     from premium.connections import premium_db_kwargs
 
@@ -177,7 +160,7 @@ def _load_sms_settings() -> Any:
 
 
 SECRETS = SecretStore()
-SETTINGS = _Expiring(_load_sms_settings, SETTINGS_TTL_S)
+SETTINGS = Expiring(_load_sms_settings, SETTINGS_TTL_S)
 POOL = ConnectionPool(_premium_db_kwargs)
 
 
