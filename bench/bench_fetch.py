@@ -47,7 +47,14 @@ PLUGINS = ROOT / "plugins"
 if str(PLUGINS) not in sys.path:  # appended: a PYTHONPATH naming another plugins copy (a prototype) wins
     sys.path.append(str(PLUGINS))
 
-from benchlib import machine_cpu_s, postmaster_pid, proc_cpu_s, recreate_database, write_report  # noqa: E402
+from benchlib import (  # noqa: E402
+    add_database_arguments,
+    finish,
+    machine_cpu_s,
+    postmaster_pid,
+    proc_cpu_s,
+    recreate_database,
+)
 
 GOALS = {0: 0.6, 20: 0.9}  # latency_ms -> minimum stage/bare ratio
 FIRST_CHECK_DATE = date(2025, 11, 18)
@@ -742,8 +749,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--in-flight", type=int, default=64)
     parser.add_argument("--max-mapped-tasks", type=int, default=16)
     parser.add_argument("--chunk-size", type=int, default=1000)
-    parser.add_argument("--db", default="premium_bench", help="database to drop, recreate and use")
-    parser.add_argument("--json", help="also write the figures to this file")
+    add_database_arguments(parser, "premium_bench")
     parser.add_argument(
         "--repeat",
         type=int,
@@ -767,9 +773,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=SEED)
     parser.add_argument("--no-rss-run", action="store_true", help="skip the stage run at N/10 accounts")
     parser.add_argument("--profile", metavar="DIR", help="cProfile every fetch task into DIR (slows them down)")
-    parser.add_argument("--pg-host", default=os.environ.get("PREMIUM_PG_HOST", "127.0.0.1"))
-    parser.add_argument("--pg-port", type=int, default=int(os.environ.get("PREMIUM_PG_PORT", "5432")))
-    parser.add_argument("--pg-user", default=os.environ.get("PREMIUM_PG_USER", "postgres"))
     args = parser.parse_args(argv)
     try:
         args.latency_list = [int(x) for x in args.latencies.split(",") if x.strip()]
@@ -906,20 +909,8 @@ def main(argv: list[str] | None = None) -> int:
         f"migrations {setup['database_s']:.1f} s); benchmark total {time.monotonic() - started:.0f} s"
     )
     print_table(results, small, env)
-    if args.json:
-        report = {
-            "args": {k: v for k, v in vars(args).items() if k != "latency_list"},
-            "environment": env,
-            "setup": setup,
-            "results": results,
-            "rss_run": small,
-            "wrong_results": wrong,
-        }
-        write_report(args.json, report)
-    if wrong:
-        print(f"WRONG RESULTS: {len(wrong)} problem(s), see above", file=sys.stderr)
-        return 1
-    return 0
+    report = {"environment": env, "setup": setup, "results": results, "rss_run": small, "wrong_results": wrong}
+    return finish(args, report, wrong)
 
 
 if __name__ == "__main__":

@@ -48,12 +48,13 @@ if str(PLUGINS) not in sys.path:  # appended: a PYTHONPATH naming another plugin
     sys.path.append(str(PLUGINS))
 
 from benchlib import (  # noqa: E402
+    add_database_arguments,
     clock_ticks,
+    finish,
     machine_cpu_s,
     postmaster_pid,
     proc_cpu_s,
     recreate_database,
-    write_report,
 )
 
 CHECK_DATE = date(2025, 11, 18)  # campaign premium-monthly-nov-2025
@@ -1425,8 +1426,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--messages", type=int, default=100_000, help="submission: messages M (100000)")
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--in-flight-batches", type=int, default=4)
-    parser.add_argument("--db", default="premium_bench_sms", help="database to drop, recreate and use")
-    parser.add_argument("--json", help="also write the figures to this file")
+    add_database_arguments(parser, "premium_bench_sms")
     parser.add_argument("--skip-qualification", action="store_true")
     parser.add_argument("--skip-submission", action="store_true")
     parser.add_argument("--qual-prototypes", action="store_true", help="also time candidate index/SQL/setting changes")
@@ -1446,9 +1446,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="none (default): no CPU affinity; split: simulator on the last CPU, this process on the others",
     )
     parser.add_argument("--seed", type=int, default=SEED)
-    parser.add_argument("--pg-host", default=os.environ.get("PREMIUM_PG_HOST", "127.0.0.1"))
-    parser.add_argument("--pg-port", type=int, default=int(os.environ.get("PREMIUM_PG_PORT", "5432")))
-    parser.add_argument("--pg-user", default=os.environ.get("PREMIUM_PG_USER", "postgres"))
     args = parser.parse_args(argv)
     try:
         args.latency_list = [int(x) for x in args.latencies.split(",") if x.strip()]
@@ -1487,19 +1484,8 @@ def main(argv: list[str] | None = None) -> int:
     total_s = time.monotonic() - started
     print_table(args, qual, sub, env, total_s)
     wrong = sub["wrong"] if sub else []
-    if args.json:
-        report = {
-            "args": {k: v for k, v in vars(args).items() if k != "latency_list"},
-            "environment": env,
-            "qualification": qual,
-            "submission": sub,
-            "total_s": total_s,
-        }
-        write_report(args.json, report)
-    if wrong:
-        print(f"WRONG RESULTS: {len(wrong)} problem(s), see above", file=sys.stderr)
-        return 1
-    return 0
+    report = {"environment": env, "qualification": qual, "submission": sub, "total_s": total_s}
+    return finish(args, report, wrong)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -90,3 +91,22 @@ def write_report(path: str, report: dict[str, Any]) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
     print(f"figures written to {path}")
+
+
+def add_database_arguments(parser: argparse.ArgumentParser, default_db: str) -> None:
+    """``--db`` (dropped, recreated, migrated), ``--json`` and the PostgreSQL connection options."""
+    parser.add_argument("--db", default=default_db, help="database to drop, recreate and use")
+    parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--pg-host", default=os.environ.get("PREMIUM_PG_HOST", "127.0.0.1"))
+    parser.add_argument("--pg-port", type=int, default=int(os.environ.get("PREMIUM_PG_PORT", "5432")))
+    parser.add_argument("--pg-user", default=os.environ.get("PREMIUM_PG_USER", "postgres"))
+
+
+def finish(args: argparse.Namespace, report: dict[str, Any], wrong: list[str]) -> int:
+    """Write the report when ``--json`` was given (with the arguments); the exit code: 1 for wrong results."""
+    if args.json:
+        write_report(args.json, {"args": {k: v for k, v in vars(args).items() if k != "latency_list"}, **report})
+    if wrong:
+        print(f"WRONG RESULTS: {len(wrong)} problem(s), see above", file=sys.stderr)
+        return 1
+    return 0
