@@ -21,9 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
 import aiohttp  # noqa: E402
 
 from premium.delivery.tracking import poll_statuses  # noqa: E402
+from premium.notifications.carrier import CarrierEndpoint  # noqa: E402
 from premium.settings import DeliverySettings  # noqa: E402
 from premium.simulators.runner import SimulatorProcess  # noqa: E402
-from premium.sms.carrier import CarrierEndpoint  # noqa: E402
 
 KEY = "bench-poll-key"
 

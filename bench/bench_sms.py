@@ -17,7 +17,7 @@ message ids once each, or a batch/content that differs from what the outbox pres
    (``--latencies 0,100``: 0 ms shows the stage's CPU cost, 100 ms a real carrier), ``--repeat`` times:
    *bare*: the same JSON bodies the stage sends (built beforehand from the outbox with the stage's
    own functions, and checked afterwards against what the carrier received), POSTed by
-   ``in_flight_batches`` aiohttp workers to a reset simulator; *stage*: premium.sms.submit.submit()
+   ``in_flight_batches`` aiohttp workers to a reset simulator; *stage*: premium.notifications.engine.submit()
    (batching, building with decryption and rendering, POST, recording) against the same reset
    simulator, on a freshly written outbox. Ratio = best stage msg/s / best bare msg/s, goal >= 0.8.
    A last instrumented stage run (``--no-breakdown`` skips it) times the stage's phases.
@@ -371,7 +371,7 @@ FROM customers c WHERE bench_u(c.id, 9) < 0.10
 
 def build_qualification_base(args: argparse.Namespace, conninfo: dict[str, Any]) -> dict[str, Any]:
     from premium.banking.stage import correlation_id_for
-    from premium.sms.window import campaign_id_for
+    from premium.notifications.window import campaign_id_for
 
     timings: dict[str, float] = {}
     n, days = args.customers, args.days
@@ -414,8 +414,8 @@ def build_qualification_base(args: argparse.Namespace, conninfo: dict[str, Any])
 
 def qualification_params(check_date: date, settings: Any, dag_run_id: str) -> dict[str, Any]:
     """Exactly the parameters premium.sms.qualify.qualify() passes to qualify_customers.sql."""
+    from premium.notifications.window import campaign_id_for
     from premium.sms.qualify import window_start
-    from premium.sms.window import campaign_id_for
 
     return {
         "check_date": check_date,
@@ -750,11 +750,11 @@ def build_submission_base(args: argparse.Namespace, conninfo: dict[str, Any], ke
     import psycopg
 
     from premium.banking.stage import correlation_id_for
+    from premium.notifications import outbox
+    from premium.notifications.window import campaign_id_for
     from premium.settings import SmsSettings
-    from premium.sms import outbox
     from premium.sms.qualify import qualify, render_qualified
     from premium.sms.render import SmsRenderer
-    from premium.sms.window import campaign_id_for
 
     timings: dict[str, float] = {}
     with setup_connection(conninfo) as conn:
@@ -808,7 +808,7 @@ def reset_outbox(conninfo: dict[str, Any], campaign_id: str, keyring: Any, rende
     """A fresh outbox for the next stage run (what plan_send's preparation leaves before the window); seconds."""
     import psycopg
 
-    from premium.sms import outbox
+    from premium.notifications import outbox
 
     t0 = time.monotonic()
     with setup_connection(conninfo) as conn:
@@ -831,7 +831,7 @@ def expected_batches(
     import psycopg
 
     from premium.crypto import aad_for
-    from premium.sms import outbox
+    from premium.notifications import outbox
     from premium.sms.phones import normalise_mobile
 
     with psycopg.connect(**conninfo) as conn:
@@ -850,7 +850,7 @@ def expected_batches(
     batches: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for seq, message_id, customer_id, attempt, language, name_enc, phone_enc, key_id in rows:
         if message_id != outbox.message_id_for(campaign_id, customer_id, attempt):
-            raise RuntimeError("message id format differs from premium.sms.outbox.message_id_for")
+            raise RuntimeError("message id format differs from premium.notifications.outbox.message_id_for")
         phone = normalise_mobile(keyring.decrypt(bytes(phone_enc), key_id, aad_for(customer_id, "phone_number")))
         name = keyring.decrypt(bytes(name_enc), key_id, aad_for(customer_id, "first_name"))
         rendered = renderer.render(name, language)
@@ -867,7 +867,7 @@ def expected_batches(
 
 
 def batch_bodies(batches: list[tuple[str, list[dict[str, Any]]]], metadata: dict[str, str]) -> list[bytes]:
-    """The POST bodies, serialised as premium.sms.carrier.SmsCarrierClient._post serialises them."""
+    """The POST bodies, serialised as premium.notifications.carrier.SmsCarrierClient._post serialises them."""
     import orjson
 
     return [orjson.dumps({"batchId": b, "messages": msgs, "metadata": metadata}) for b, msgs in batches]
@@ -917,7 +917,7 @@ class PhaseTimes:
 
 def instrumented_submitter(phases: PhaseTimes) -> type:
     """A Submitter subclass timing its bookkeeping/build steps (a separate, instrumented run only)."""
-    from premium.sms.submit import Submitter
+    from premium.notifications.engine import Submitter
 
     class TimedSubmitter(Submitter):
         def _connect(self) -> Any:
@@ -950,10 +950,10 @@ def build_cost_profile(conninfo: dict[str, Any], keyring: Any, renderer: Any, sa
     import psycopg
 
     from premium.crypto import aad_for
+    from premium.notifications.engine import _E164
+    from premium.notifications.outbox import outbox_aad
     from premium.sms.encoding import analyse
-    from premium.sms.outbox import outbox_aad
     from premium.sms.phones import normalise_mobile
-    from premium.sms.submit import _E164
 
     with psycopg.connect(**conninfo) as conn:
         rows = conn.execute(
@@ -1093,12 +1093,12 @@ def part_submission(args: argparse.Namespace, conninfo: dict[str, Any]) -> dict[
 
     from premium.banking.stage import correlation_id_for
     from premium.crypto import PiiKeyring, generate_extra
+    from premium.notifications import engine as submit_module
+    from premium.notifications.carrier import CarrierEndpoint, SmsCarrierClient
+    from premium.notifications.window import campaign_id_for
     from premium.settings import SmsSettings
     from premium.simulators.runner import SimulatorProcess
-    from premium.sms import submit as submit_module
-    from premium.sms.carrier import CarrierEndpoint, SmsCarrierClient
     from premium.sms.render import SmsRenderer
-    from premium.sms.window import campaign_id_for
 
     m = args.messages
     print(

@@ -65,7 +65,7 @@ def main() -> int:
                         (day,),
                     )
                 ]
-            from premium.sms.window import campaign_id_for
+            from premium.notifications.window import campaign_id_for
 
             track = tracking.test(
                 logical_date=datetime.now(UTC),

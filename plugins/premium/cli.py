@@ -101,7 +101,7 @@ def _load_customers(args: argparse.Namespace) -> int:
 def _rotate(args: argparse.Namespace) -> int:
     from premium.crypto import PiiKeyring, rotate_keys
     from premium.db import connect
-    from premium.sms.outbox import rotate_payload_keys
+    from premium.notifications.outbox import rotate_payload_keys
 
     keyring = PiiKeyring.from_connection()
     with connect() as conn:

@@ -40,10 +40,10 @@ import phonenumbers
 import psycopg
 import pytest
 
+from premium.notifications.failures import may_retry
+from premium.notifications.window import campaign_id_for
 from premium.settings import SmsSettings
 from premium.simulators import carrier_model
-from premium.sms.failures import may_retry
-from premium.sms.window import campaign_id_for
 from premium.synthetic import generate_rows
 from tests.support import carrier as sms
 from tests.support import env

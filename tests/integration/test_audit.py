@@ -9,12 +9,12 @@ import psycopg
 import pytest
 
 from premium.banking import stage
+from premium.notifications import outbox
+from premium.notifications.engine import submit
+from premium.notifications.window import campaign_id_for
 from premium.settings import BalanceSettings, SmsSettings
-from premium.sms import outbox
 from premium.sms.qualify import qualify, render_qualified
 from premium.sms.render import SmsRenderer
-from premium.sms.submit import submit
-from premium.sms.window import campaign_id_for
 from tests.support import env
 from tests.support.bank import KEYRING, endpoint_for, load_synthetic_customers
 from tests.support.carrier import carrier, endpoint, make_everyone_pass

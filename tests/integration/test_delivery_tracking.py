@@ -10,14 +10,14 @@ import psycopg
 import pytest
 
 from premium.crypto import aad_for
+from premium.notifications import outbox
+from premium.notifications.engine import submit
+from premium.notifications.failures import may_retry
+from premium.notifications.window import campaign_id_for
 from premium.settings import SmsSettings
 from premium.simulators import carrier_model
-from premium.sms import outbox
-from premium.sms.failures import may_retry
 from premium.sms.qualify import qualify, render_qualified
 from premium.sms.render import SmsRenderer
-from premium.sms.submit import submit
-from premium.sms.window import campaign_id_for
 from tests.support import env
 from tests.support.bank import KEYRING, load_synthetic_customers
 from tests.support.carrier import carrier, connection_json, endpoint, make_everyone_pass

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from premium import monitoring as m
-from premium.delivery.state import CARRIER_STATUSES
+from premium.notifications.state import CARRIER_STATUSES
 from premium.settings import MonitoringSettings
 from tests.integration.test_alerting import HttpSink, SmtpSink
 

@@ -7,9 +7,9 @@ from datetime import date
 import psycopg
 import pytest
 
+from premium.notifications.window import campaign_id_for
 from premium.settings import SmsSettings
 from premium.sms.qualify import qualify, window_start
-from premium.sms.window import campaign_id_for
 from tests.support.customers import add_checks, add_customer
 
 pytestmark = pytest.mark.integration

@@ -9,15 +9,15 @@ import psycopg
 import pytest
 
 from premium.crypto import PiiKeyring, aad_for
+from premium.notifications import outbox
+from premium.notifications.carrier import CarrierAuthError
+from premium.notifications.engine import Submitter, submit
+from premium.notifications.outbox import outbox_aad, rotate_payload_keys
+from premium.notifications.window import campaign_id_for
 from premium.settings import SmsSettings
-from premium.sms import outbox
-from premium.sms.carrier import CarrierAuthError
-from premium.sms.outbox import outbox_aad, rotate_payload_keys
 from premium.sms.phones import normalise_mobile
 from premium.sms.qualify import qualify, render_qualified
 from premium.sms.render import SmsRenderer
-from premium.sms.submit import Submitter, submit
-from premium.sms.window import campaign_id_for
 from tests.support import env
 from tests.support.bank import KEYRING, load_synthetic_customers
 from tests.support.carrier import carrier, endpoint, make_everyone_pass, received_message_ids

@@ -17,10 +17,10 @@ import pytest
 
 from premium import tls
 from premium.banking.client import BankEndpoint, CoreBankingClient
+from premium.notifications.carrier import CarrierEndpoint, SmsCarrierClient
 from premium.settings import BalanceSettings
 from premium.simulators import bank_model
 from premium.simulators.runner import SimulatorProcess
-from premium.sms.carrier import CarrierEndpoint, SmsCarrierClient
 from tests.support import env
 from tests.support.pki import Pki, make_pki
 

@@ -1,7 +1,7 @@
 """Delivery callbacks through the real Airflow API server (``airflow api-server``) and PostgreSQL.
 
 The plugin (plugins/premium_webhooks_plugin.py) mounts the webhook app at /premium; the carrier's
-signed callbacks change delivery_status through premium.delivery.state.record_webhook.
+signed callbacks change delivery_status through premium.notifications.state.record_webhook.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ import psycopg
 import pytest
 from standardwebhooks import Webhook
 
-from premium.delivery.state import CARRIER_STATUSES, StatusUpdate, apply_updates
+from premium.notifications.outbox import outbox_aad
+from premium.notifications.state import CARRIER_STATUSES, StatusUpdate, apply_updates
 from premium.settings import SmsSettings
 from premium.simulators import carrier_model as cm
-from premium.sms.outbox import outbox_aad
 from tests.support import env
 from tests.support.apiserver import ApiServer
 from tests.support.bank import KEYRING

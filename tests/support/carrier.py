@@ -8,8 +8,8 @@ from datetime import date
 
 import psycopg
 
+from premium.notifications.carrier import CarrierEndpoint
 from premium.simulators.runner import SimulatorProcess
-from premium.sms.carrier import CarrierEndpoint
 from tests.support import env
 
 MODULE = "premium.simulators.sms_carrier"

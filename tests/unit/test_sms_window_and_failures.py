@@ -6,10 +6,10 @@ from datetime import UTC, date, datetime
 
 import pytest
 
+from premium.notifications import window
+from premium.notifications.failures import classify, may_retry
+from premium.notifications.outbox import batch_id_for, message_id_for
 from premium.settings import SettingsError, SmsSettings
-from premium.sms import window
-from premium.sms.failures import classify, may_retry
-from premium.sms.outbox import batch_id_for, message_id_for
 
 
 def test_campaign_id_is_the_check_dates_month() -> None:

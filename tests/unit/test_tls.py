@@ -13,7 +13,7 @@ import pytest
 
 from premium import tls
 from premium.banking.client import BankEndpoint, build_ssl_context
-from premium.sms.carrier import CarrierEndpoint
+from premium.notifications.carrier import CarrierEndpoint
 from tests.support.pki import Pki, make_pki
 
 FP = "ab" * 32

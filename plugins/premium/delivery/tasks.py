@@ -22,7 +22,7 @@ def _settings(context: Any) -> DeliverySettings:
 
 def _endpoints() -> dict:
     from premium.connections import get_connection
-    from premium.sms.carrier import CarrierEndpoint
+    from premium.notifications.carrier import CarrierEndpoint
     from premium.sms.tasks import PRIMARY_CONN_ID, SECONDARY_CONN_ID
 
     endpoints = {"primary": CarrierEndpoint.from_connection(get_connection(PRIMARY_CONN_ID), "primary")}
@@ -90,7 +90,7 @@ def _resubmitter(conninfo: dict[str, Any], context: Any, run: Any):
 
         from premium.banking.stage import correlation_id_for
         from premium.crypto import PiiKeyring
-        from premium.sms.submit import submit
+        from premium.notifications.engine import submit
 
         with psycopg.connect(**conninfo) as conn:
             # Retry batches are numbered after the submission's own: BATCH-<its check date>-<next>.

@@ -4,10 +4,10 @@ A tracking run follows the notifications of the batches its asset events named. 
 
 1. asks the carrier for the status of every current message of those notifications that is not
    final, ``in_flight`` requests at a time, with retries and a circuit breaker per carrier;
-2. applies the answers through :func:`premium.delivery.state.apply_updates` (monotonic; retry
+2. applies the answers through :func:`premium.notifications.state.apply_updates` (monotonic; retry
    decisions per §3.6 in the same transaction);
 3. resubmits the notifications whose failure may be retried, under the same exactly-once
-   rules as the first submission (:mod:`premium.sms.submit`: new attempt, new deterministic
+   rules as the first submission (:mod:`premium.notifications.engine`: new attempt, new deterministic
    message id, new batch); their new messages are followed from then on.
 
 The window (72 h by default) is kept in ``delivery_tracking_runs.deadline``, not in the trigger:
@@ -28,9 +28,9 @@ import psycopg
 
 from premium.audit import AuditLog
 from premium.audit import flush as audit_flush
-from premium.delivery.state import StatusUpdate, apply_updates
+from premium.notifications.carrier import CarrierEndpoint, SmsCarrierClient
+from premium.notifications.state import StatusUpdate, apply_updates
 from premium.settings import DeliverySettings, SmsSettings
-from premium.sms.carrier import CarrierEndpoint, SmsCarrierClient
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 :func:`qualify` writes one ``qualification_outcomes`` row per customer for the check date
 (include/sql/qualify_customers.sql). :func:`render_qualified` renders each qualified customer's
 SMS (decrypting the first name in memory only) to record template, encoding and segments;
-the text is not stored here (only in the outbox, encrypted: :func:`premium.sms.outbox.write_outbox`).
+the text is not stored here (only in the outbox, encrypted: :func:`premium.notifications.outbox.write_outbox`).
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import Any
 import psycopg
 
 from premium.crypto import PiiKeyring, aad_for
+from premium.notifications.window import campaign_id_for
 from premium.paths import read_sql
 from premium.settings import SmsSettings
-from premium.sms.window import campaign_id_for
 
 log = logging.getLogger(__name__)
 

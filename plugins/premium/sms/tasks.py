@@ -127,7 +127,7 @@ def plan_send(context: Any) -> str:
     import pendulum
 
     from premium.connections import premium_db_kwargs
-    from premium.sms import window
+    from premium.notifications import window
 
     check_date = runtime.as_of_date(context)
     settings = _settings(context)
@@ -163,8 +163,8 @@ def _prepare_outbox(context: Any, check_date: Any, settings: SmsSettings) -> Non
     from premium.banking.stage import correlation_id_for
     from premium.connections import premium_db_kwargs
     from premium.crypto import PiiKeyring
-    from premium.sms import outbox
-    from premium.sms.window import campaign_id_for
+    from premium.notifications import outbox
+    from premium.notifications.window import campaign_id_for
 
     run_id = context["dag_run"].run_id
     correlation_id = correlation_id_for(run_id, check_date)
@@ -211,9 +211,9 @@ def submit(context: Any) -> dict[str, Any]:
     from premium.banking.stage import correlation_id_for
     from premium.connections import get_connection, premium_db_kwargs
     from premium.crypto import PiiKeyring
-    from premium.sms.carrier import CarrierAuthError, CarrierEndpoint
-    from premium.sms.submit import submit as run_submission
-    from premium.sms.window import SEND, campaign_id_for
+    from premium.notifications.carrier import CarrierAuthError, CarrierEndpoint
+    from premium.notifications.engine import submit as run_submission
+    from premium.notifications.window import SEND, campaign_id_for
 
     check_date = runtime.as_of_date(context)
     settings = _settings(context)

@@ -4,5 +4,5 @@
   the webhook secrets (from Airflow connections, cached briefly);
 - :mod:`premium.webhooks.app`: the FastAPI app mounted by ``plugins/premium_webhooks_plugin.py``
   at ``/premium`` (route ``POST /premium/api/webhooks/sms-delivery``); the state change itself is
-  :func:`premium.delivery.state.record_webhook`.
+  :func:`premium.notifications.state.record_webhook`.
 """

@@ -165,13 +165,13 @@ POOL = ConnectionPool(_premium_db_kwargs)
 
 
 def record(webhook_id: str, update: Any, settings: Any) -> str:
-    """Apply the verified callback once; the outcome of :func:`premium.delivery.state.record_webhook`.
+    """Apply the verified callback once; the outcome of :func:`premium.notifications.state.record_webhook`.
 
     One retry on a lost connection (e.g. a pooled connection the server closed): record_webhook
     runs in one transaction and is idempotent per webhook-id, so a retry never applies twice."""
     import psycopg
 
-    from premium.delivery.state import record_webhook
+    from premium.notifications.state import record_webhook
 
     for attempt in (1, 2):
         try:

@@ -35,7 +35,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstr
 from standardwebhooks import Webhook
 
 if TYPE_CHECKING:
-    from premium.delivery.state import StatusUpdate
+    from premium.notifications.state import StatusUpdate
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ class DeliveryCallback(BaseModel):
 
     def to_update(self) -> StatusUpdate:
         """The state change to record. The carrier is unknown here: record_webhook finds it by tracking id."""
-        from premium.delivery.state import StatusUpdate
+        from premium.notifications.state import StatusUpdate
 
         return StatusUpdate(
             carrier="",

@@ -34,12 +34,12 @@ import psycopg
 from premium.audit import AuditLog, write_events
 from premium.audit import flush as audit_flush
 from premium.crypto import PiiKeyring
-from premium.delivery.state import register_accepted
+from premium.notifications import outbox
+from premium.notifications.carrier import CarrierEndpoint, PostResult, SmsCarrierClient, sleep_backoff
+from premium.notifications.failures import classify, may_retry
+from premium.notifications.outbox import outbox_aad
+from premium.notifications.state import register_accepted
 from premium.settings import SmsSettings
-from premium.sms import outbox
-from premium.sms.carrier import CarrierEndpoint, PostResult, SmsCarrierClient, sleep_backoff
-from premium.sms.failures import classify, may_retry
-from premium.sms.outbox import outbox_aad
 
 log = logging.getLogger(__name__)
 

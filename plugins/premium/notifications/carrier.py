@@ -1,6 +1,6 @@
 """Async client of an SMS carrier (§3.2 batch submission, §3.3 status), one per carrier.
 
-One POST is one attempt; the caller (:mod:`premium.sms.submit`) owns retries, failover and
+One POST is one attempt; the caller (:mod:`premium.notifications.engine`) owns retries, failover and
 bookkeeping, because what may be retried depends on what the carrier may already have:
 
 - ``accepted``: a 202 (possibly with per-message rejections, possibly lacking some messages);

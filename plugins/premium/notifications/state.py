@@ -16,8 +16,8 @@ from typing import Any
 
 import psycopg
 
+from premium.notifications.failures import classify, may_retry
 from premium.settings import SmsSettings
-from premium.sms.failures import classify, may_retry
 
 # carrier status -> (our status, rank)
 CARRIER_STATUSES: dict[str, tuple[str, int]] = {
