@@ -795,7 +795,7 @@ def build_submission_base(args: argparse.Namespace, conninfo: dict[str, Any], ke
         )
         timings["write_outbox_s"] = time.monotonic() - t0
         t0 = time.monotonic()
-        outbox.assign_batches(conn, campaign_id_for(CHECK_DATE), CHECK_DATE, settings.batch_size, "corr-bench-outbox")
+        outbox.assign_batches(conn, campaign_id_for(CHECK_DATE), settings.batch_size, "corr-bench-outbox")
         conn.commit()
     timings["assign_batches_s"] = time.monotonic() - t0
     if created != args.messages:
@@ -815,7 +815,7 @@ def reset_outbox(conninfo: dict[str, Any], campaign_id: str, keyring: Any, rende
         conn.execute("TRUNCATE sms_messages, sms_batches, sms_notifications RESTART IDENTITY CASCADE")
     with psycopg.connect(**conninfo) as conn:
         outbox.write_outbox(conn, CHECK_DATE, campaign_id, "corr-bench-outbox", keyring=keyring, renderer=renderer)
-        outbox.assign_batches(conn, campaign_id, CHECK_DATE, settings.batch_size, "corr-bench-outbox")
+        outbox.assign_batches(conn, campaign_id, settings.batch_size, "corr-bench-outbox")
         conn.commit()
     vacuum_analyze(conninfo, ["sms_notifications", "sms_messages", "sms_batches"])
     return time.monotonic() - t0
@@ -916,10 +916,10 @@ class PhaseTimes:
 
 
 def instrumented_submitter(phases: PhaseTimes) -> type:
-    """A Submitter subclass timing its bookkeeping/build steps (a separate, instrumented run only)."""
-    from premium.notifications.engine import Submitter
+    """A SubmissionEngine subclass timing its bookkeeping/build steps (a separate, instrumented run only)."""
+    from premium.notifications.engine import SubmissionEngine
 
-    class TimedSubmitter(Submitter):
+    class TimedSubmitter(SubmissionEngine):
         def _connect(self) -> Any:
             return phases.timed("  psycopg.connect", super()._connect)
 
@@ -1189,7 +1189,6 @@ def part_submission(args: argparse.Namespace, conninfo: dict[str, Any]) -> dict[
                     summary = submit_module.submit(
                         conninfo,
                         campaign_id,
-                        CHECK_DATE,
                         settings,
                         {"primary": endpoint},
                         keyring,

@@ -12,7 +12,7 @@ together fold into one run; all of them are read).
   the status of every open message (`in_flight` at a time, retries, circuit breaker), applies
   the answers monotonically, resubmits the retryable failures (§3.6: at most 3 attempts, 21614 at
   most 2 retries) under the same exactly-once rules, and defers until the next poll. Webhooks
-  (`POST /premium/api/webhooks/sms-delivery` on the API server) update the same state between polls.
+  (`POST /premium/api/webhooks/sms-delivery/<carrier>` on the API server) update the same state between polls.
 - `finalize_deliveries` (always runs): what is still open when the window ends becomes
   Unconfirmed; counts per final state; alerts for undeliverable numbers and retry exhaustion;
   publishes `delivery_confirmed` (DeliveryConfirmed).

@@ -1,9 +1,10 @@
 """Airflow plugin: the SMS delivery-callback endpoint (§3.5) on the Airflow API server.
 
-Mounts :data:`premium.webhooks.app.app` at ``/premium``, so the carrier posts to
-``POST /premium/api/webhooks/sms-delivery`` (the default ``callback_url`` of the SMS settings).
-The route carries no Airflow authentication: the carrier has no Airflow credentials, and the
-Standard Webhooks signature is checked instead (see :mod:`premium.webhooks.verify`).
+Mounts :data:`premium.webhooks.app.app` at ``/premium``, so each carrier posts to its own route,
+``POST /premium/api/webhooks/sms-delivery/primary`` or ``…/secondary`` (``<callback_url>/<carrier>``,
+``callback_url`` being the SMS setting). The routes carry no Airflow authentication: the carrier
+has no Airflow credentials, and the Standard Webhooks signature, with that carrier's own secrets,
+is checked instead (see :mod:`premium.webhooks.verify`).
 
 This file stays thin: the plugin manager imports every top-level module of plugins/ in every
 Airflow component (``premium/`` itself is listed in plugins/.airflowignore), and registers every

@@ -29,7 +29,10 @@ _premium_secret() {  # NAME COMMAND...: append NAME=<output of COMMAND> unless t
 }
 _premium_secret BANK_API_KEY "$PREMIUM_ROOT/.venv/bin/python" -c 'import secrets; print(secrets.token_hex(24))'
 _premium_secret SMS_SIM_SECRET "$PREMIUM_ROOT/.venv/bin/python" -c 'import secrets; print(secrets.token_hex(24))'
+# One Standard Webhooks secret per carrier: each signs its own delivery callbacks.
 _premium_secret SMS_WEBHOOK_SECRET "$PREMIUM_ROOT/.venv/bin/python" -c \
+    'import base64, secrets; print("whsec_" + base64.b64encode(secrets.token_bytes(24)).decode())'
+_premium_secret SMS_CARRIER_SECONDARY_WEBHOOK_SECRET "$PREMIUM_ROOT/.venv/bin/python" -c \
     'import base64, secrets; print("whsec_" + base64.b64encode(secrets.token_bytes(24)).decode())'
 _premium_secret AIRFLOW_CONN_PREMIUM_PII_KEYS "$PREMIUM_ROOT/.venv/bin/python" -m premium.cli gen-pii-keys
 set -a
@@ -37,3 +40,9 @@ set -a
 . "$PREMIUM_SECRETS_FILE"
 set +a
 export BANK_SIM_SECRET="$BANK_API_KEY"
+# What an API server started from this checkout verifies delivery callbacks with: the primary
+# carrier's on /premium/api/webhooks/sms-delivery/primary, the secondary's on .../secondary; a
+# carrier simulator signs with its own (--webhook-secret-env SMS_WEBHOOK_SECRET or
+# SMS_CARRIER_SECONDARY_WEBHOOK_SECRET).
+export AIRFLOW_CONN_SMS_CARRIER_WEBHOOK="${AIRFLOW_CONN_SMS_CARRIER_WEBHOOK:-{\"conn_type\": \"generic\", \"password\": \"$SMS_WEBHOOK_SECRET\"\}}"
+export AIRFLOW_CONN_SMS_CARRIER_SECONDARY_WEBHOOK="${AIRFLOW_CONN_SMS_CARRIER_SECONDARY_WEBHOOK:-{\"conn_type\": \"generic\", \"password\": \"$SMS_CARRIER_SECONDARY_WEBHOOK_SECRET\"\}}"

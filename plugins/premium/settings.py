@@ -96,6 +96,11 @@ class SmsSettings:
     breaker_reset_s: float = 60.0
     failover_failure_rate: float = 0.5  # batch failure rate on the primary that triggers failover
     in_flight_batches: int = 4  # concurrent batch POSTs
+    send_window_end: str = "20:00:00"  # local time after which nothing is POSTed (first sends and retries)
+    retry_backoff_s: float = 600.0  # a failed message's retry n waits retry_backoff_s * 2**(n-1) (across polls)
+    max_retry_after_s: float = 60.0  # a 429's Retry-After up to this is waited out in the run; longer: a later run
+    lease_ttl_s: float = 60.0  # the campaign's submission lease; renewed every third of it while held
+    lease_wait_s: float = 120.0  # how long the daily submission waits for another holder (tracking does not wait)
 
     def __post_init__(self) -> None:
         _check_range("window_days", self.window_days, 1, 366)
@@ -113,7 +118,14 @@ class SmsSettings:
         _check_range("breaker_reset_s", self.breaker_reset_s, 0.001, 3_600)
         _check_range("failover_failure_rate", self.failover_failure_rate, 0, 1)
         _check_range("in_flight_batches", self.in_flight_batches, 1, 64)
+        _check_range("retry_backoff_s", self.retry_backoff_s, 0, 86_400)
+        _check_range("max_retry_after_s", self.max_retry_after_s, 0, 3_600)
+        _check_range("lease_ttl_s", self.lease_ttl_s, 0.05, 3_600)
+        _check_range("lease_wait_s", self.lease_wait_s, 0, 3_600)
         _check_time("send_time", self.send_time)
+        _check_time("send_window_end", self.send_window_end)
+        if self.send_window_end <= self.send_time:
+            raise SettingsError(f"send_window_end ({self.send_window_end}) must be after send_time ({self.send_time})")
         bad = [d for d in self.no_send_days if d not in WEEKDAYS]
         if bad or len(set(self.no_send_days)) >= 7:
             raise SettingsError(f"no_send_days must be weekday names ({', '.join(WEEKDAYS)}), leaving one allowed")

@@ -17,7 +17,7 @@ from premium.sms.qualify import qualify, render_qualified
 from premium.sms.render import SmsRenderer
 from tests.support import env
 from tests.support.bank import KEYRING, endpoint_for, load_synthetic_customers
-from tests.support.carrier import carrier, endpoint, make_everyone_pass
+from tests.support.carrier import OPEN_WINDOW, carrier, endpoint, make_everyone_pass
 
 pytestmark = pytest.mark.integration
 
@@ -81,8 +81,7 @@ def test_decisions_and_sends_are_queryable_by_customer_and_correlation_id(db, ap
         summary = submit(
             app_db,
             campaign,
-            DAY,
-            SmsSettings(backoff_multiplier_s=0.001),
+            SmsSettings(backoff_multiplier_s=0.001, **OPEN_WINDOW),
             {"primary": endpoint(sim, "primary", env.TEST_SMS_API_KEY)},
             KEYRING,
             "corr-audit",

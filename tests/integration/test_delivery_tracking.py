@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from datetime import UTC, date, datetime
 
@@ -20,14 +21,14 @@ from premium.sms.qualify import qualify, render_qualified
 from premium.sms.render import SmsRenderer
 from tests.support import env
 from tests.support.bank import KEYRING, load_synthetic_customers
-from tests.support.carrier import carrier, connection_json, endpoint, make_everyone_pass
+from tests.support.carrier import OPEN_WINDOW, carrier, connection_json, endpoint, make_everyone_pass
 
 pytestmark = pytest.mark.integration
 
 D = date(2025, 11, 18)
 CAMPAIGN = campaign_id_for(D)
 FAST_TRACKING = {"campaign_id": CAMPAIGN, "poll_interval_s": 0.5, "window_s": 40}
-SMS_FAST = SmsSettings(backoff_multiplier_s=0.001)
+SMS_FAST = SmsSettings(backoff_multiplier_s=0.001, **OPEN_WINDOW)
 
 # §6.2 "SMS delivery rate by hour", unchanged
 DELIVERY_RATE_SQL = """
@@ -56,11 +57,12 @@ def submitted(db, app_db, tmp_path, airflow_db, monkeypatch):
     with carrier("primary", env.TEST_SMS_API_KEY) as sim:
         monkeypatch.setenv("AIRFLOW_CONN_SMS_CARRIER", connection_json(sim, env.TEST_SMS_API_KEY))
         monkeypatch.delenv("AIRFLOW_CONN_SMS_CARRIER_SECONDARY", raising=False)
-        monkeypatch.setenv("AIRFLOW_VAR_PREMIUM_SETTINGS", '{"sms": {"backoff_multiplier_s": 0.001}}')
+        monkeypatch.setenv(
+            "AIRFLOW_VAR_PREMIUM_SETTINGS", json.dumps({"sms": {"backoff_multiplier_s": 0.001, **OPEN_WINDOW}})
+        )
         submit(
             app_db,
             CAMPAIGN,
-            D,
             SMS_FAST,
             {"primary": endpoint(sim, "primary", env.TEST_SMS_API_KEY)},
             KEYRING,
@@ -160,9 +162,9 @@ def test_the_sms_submissions_event_carries_what_tracking_needs(submitted) -> Non
     ctx = {
         "triggering_asset_events": {
             "sms_submissions": [
-                Event({"campaign_id": CAMPAIGN, "batch_ids": ["BATCH-20251118-001"]}),
+                Event({"campaign_id": CAMPAIGN, "batch_ids": ["BATCH-20251118-001"], "check_date": D.isoformat()}),
                 Event({"campaign_id": CAMPAIGN, "batch_ids": ["BATCH-20251118-002", "BATCH-20251118-001"]}),
             ]
         }
     }
-    assert submissions_of(ctx) == (CAMPAIGN, ["BATCH-20251118-001", "BATCH-20251118-002"])
+    assert submissions_of(ctx) == (CAMPAIGN, ["BATCH-20251118-001", "BATCH-20251118-002"], [D])

@@ -11,7 +11,7 @@ import pytest
 from premium.crypto import PiiKeyring, aad_for
 from premium.notifications import outbox
 from premium.notifications.carrier import CarrierAuthError
-from premium.notifications.engine import Submitter, submit
+from premium.notifications.engine import SubmissionEngine, submit
 from premium.notifications.outbox import outbox_aad, rotate_payload_keys
 from premium.notifications.window import campaign_id_for
 from premium.settings import SmsSettings
@@ -20,7 +20,7 @@ from premium.sms.qualify import qualify, render_qualified
 from premium.sms.render import SmsRenderer
 from tests.support import env
 from tests.support.bank import KEYRING, load_synthetic_customers
-from tests.support.carrier import carrier, endpoint, make_everyone_pass, received_message_ids
+from tests.support.carrier import endpoint, make_everyone_pass, received_message_ids, window_clock
 from tests.support.env import TEST_PII_KEYS
 
 pytestmark = pytest.mark.integration
@@ -28,26 +28,6 @@ pytestmark = pytest.mark.integration
 D = date(2025, 11, 18)
 CAMPAIGN = campaign_id_for(D)
 CORR = "corr-20251118-test"
-
-
-@pytest.fixture(scope="module")
-def primary():
-    with carrier("primary", env.TEST_SMS_API_KEY) as sim:
-        yield sim
-
-
-@pytest.fixture(scope="module")
-def secondary():
-    with carrier("secondary", env.TEST_SMS_SECONDARY_API_KEY) as sim:
-        yield sim
-
-
-@pytest.fixture
-def carriers(primary, secondary):
-    for sim in (primary, secondary):
-        sim.set_faults({})
-        sim.call("POST", "/_sim/reset")
-    return primary, secondary
 
 
 @pytest.fixture
@@ -64,13 +44,20 @@ def qualified(db, app_db, tmp_path):
 
 
 def fast(**kw) -> SmsSettings:
-    base = {"backoff_multiplier_s": 0.001, "breaker_reset_s": 0.5, "request_timeout_s": 2.0}
+    base = {
+        "backoff_multiplier_s": 0.001,
+        "breaker_reset_s": 0.5,
+        "request_timeout_s": 2.0,
+        "retry_backoff_s": 0,
+        "lease_ttl_s": 1.0,
+    }
     base.update(kw)
     return SmsSettings(**base)
 
 
-def run(conninfo, settings, endpoints):
-    return submit(conninfo, CAMPAIGN, D, settings, endpoints, KEYRING, CORR)
+def run(conninfo, settings, endpoints, **options):
+    options.setdefault("clock", window_clock(settings))
+    return submit(conninfo, CAMPAIGN, settings, endpoints, KEYRING, CORR, **options)
 
 
 def primary_only(primary):
@@ -192,7 +179,7 @@ def test_outage_without_a_secondary_buffers_then_sends_on_recovery(qualified, ca
 def test_a_crash_between_post_and_storing_tracking_ids_sends_nothing_twice(qualified, carriers, monkeypatch) -> None:
     conninfo, _ = qualified
     primary, _ = carriers
-    original = Submitter._record
+    original = SubmissionEngine._record
     calls = {"n": 0}
 
     def crash_once(self, *args, **kwargs):
@@ -201,10 +188,10 @@ def test_a_crash_between_post_and_storing_tracking_ids_sends_nothing_twice(quali
             raise RuntimeError("worker killed after the carrier accepted")
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(Submitter, "_record", crash_once)
+    monkeypatch.setattr(SubmissionEngine, "_record", crash_once)
     with pytest.raises(RuntimeError, match="killed"):
         run(conninfo, fast(in_flight_batches=1), primary_only(primary))
-    monkeypatch.setattr(Submitter, "_record", original)
+    monkeypatch.setattr(SubmissionEngine, "_record", original)
     summary = run(conninfo, fast(), primary_only(primary))  # the task's retry
     ids = assert_once_per_customer(primary)
     with psycopg.connect(**conninfo) as conn:

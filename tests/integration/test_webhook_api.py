@@ -1,7 +1,8 @@
 """Delivery callbacks through the real Airflow API server (``airflow api-server``) and PostgreSQL.
 
-The plugin (plugins/premium_webhooks_plugin.py) mounts the webhook app at /premium; the carrier's
-signed callbacks change delivery_status through premium.notifications.state.record_webhook.
+The plugin (plugins/premium_webhooks_plugin.py) mounts the webhook app at /premium; each carrier's
+signed callbacks, on its own route, change its own messages' delivery_status through
+premium.notifications.state.record_webhook.
 """
 
 from __future__ import annotations
@@ -34,8 +35,12 @@ from tests.support.customers import add_customer
 
 pytestmark = pytest.mark.integration
 
-ROUTE = "/premium/api/webhooks/sms-delivery"
+ROUTE = "/premium/api/webhooks/sms-delivery"  # retired: 410
+PRIMARY_ROUTE = ROUTE + "/primary"
+SECONDARY_ROUTE = ROUTE + "/secondary"
+ROUTES = {"primary": PRIMARY_ROUTE, "secondary": SECONDARY_ROUTE}
 NEW = env.TEST_WEBHOOK_SECRET
+SECONDARY = env.TEST_SECONDARY_WEBHOOK_SECRET
 OLD = "whsec_" + base64.b64encode(b"premium-old-webhook-key!").decode()  # still accepted (rotation)
 OTHER = "whsec_" + base64.b64encode(b"somebody-else-webhook-key").decode()
 PHONE = "+972521234567"
@@ -46,7 +51,12 @@ _numbers = itertools.count(1)
 @pytest.fixture(scope="module")
 def api(app_db):
     webhook_conn = {"conn_type": "generic", "password": NEW, "extra": {"secrets": [OLD]}}
-    with ApiServer(connections={"sms_carrier_webhook": json.dumps(webhook_conn)}) as server:
+    secondary_conn = {"conn_type": "generic", "password": SECONDARY}
+    connections = {
+        "sms_carrier_webhook": json.dumps(webhook_conn),
+        "sms_carrier_secondary_webhook": json.dumps(secondary_conn),
+    }
+    with ApiServer(connections=connections) as server:
         yield server
 
 
@@ -65,17 +75,19 @@ class Msg:
     tracking_id: str
 
 
-def make_messages(conn: psycopg.Connection, n: int, tracking_ids: list[str] | None = None) -> list[Msg]:
-    """``n`` submitted messages (customer, notification, message, delivery_status Queued/rank 10)."""
+def make_messages(
+    conn: psycopg.Connection, n: int, tracking_ids: list[str] | None = None, carrier: str = "primary"
+) -> list[Msg]:
+    """``n`` messages submitted to ``carrier`` (customer, notification, message, delivery_status Queued/rank 10)."""
     batch = next(_numbers)
     batch_id = f"BATCH-20251118-{batch:03d}"
     out: list[Msg] = []
     with conn.transaction():
         conn.execute(
             "INSERT INTO sms_batches (batch_id, campaign_id, check_date, seq, carrier, status, messages, "
-            "correlation_id, submitted_at) VALUES (%s, 'CAMP-WH', '2025-11-18', %s, 'primary', 'ACCEPTED', %s, "
+            "correlation_id, submitted_at) VALUES (%s, 'CAMP-WH', '2025-11-18', %s, %s, 'ACCEPTED', %s, "
             "'corr-wh', now())",
-            (batch_id, batch, n),
+            (batch_id, batch, carrier, n),
         )
         for i in range(n):
             number = batch * 10_000 + i
@@ -95,14 +107,14 @@ def make_messages(conn: psycopg.Connection, n: int, tracking_ids: list[str] | No
             conn.execute(
                 "INSERT INTO sms_messages (message_id, notification_id, campaign_id, customer_id, attempt, batch_id, "
                 "carrier, tracking_id, status, encoding, segments, correlation_id, submitted_at) "
-                "VALUES (%s, %s, 'CAMP-WH', %s, 1, %s, 'primary', %s, 'QUEUED', 'UCS2', 1, 'corr-wh', now())",
-                (message_id, notification_id, customer_id, batch_id, tracking_id),
+                "VALUES (%s, %s, 'CAMP-WH', %s, 1, %s, %s, %s, 'QUEUED', 'UCS2', 1, 'corr-wh', now())",
+                (message_id, notification_id, customer_id, batch_id, carrier, tracking_id),
             )
             conn.execute(
                 "INSERT INTO delivery_status (message_id, notification_id, campaign_id, customer_id, carrier, "
                 "tracking_id, status, status_rank, last_source, created_at) "
-                "VALUES (%s, %s, 'CAMP-WH', %s, 'primary', %s, 'Queued', 10, 'submission', now())",
-                (message_id, notification_id, customer_id, tracking_id),
+                "VALUES (%s, %s, 'CAMP-WH', %s, %s, %s, 'Queued', 10, 'submission', now())",
+                (message_id, notification_id, customer_id, carrier, tracking_id),
             )
             out.append(Msg(message_id, tracking_id))
     return out
@@ -136,9 +148,9 @@ def signed(
     return raw, headers
 
 
-def post(client: httpx.Client, body: dict | bytes, **kw) -> httpx.Response:
+def post(client: httpx.Client, body: dict | bytes, route: str = PRIMARY_ROUTE, **kw) -> httpx.Response:
     raw, headers = signed(body, **kw)
-    return client.post(ROUTE, content=raw, headers=headers)
+    return client.post(route, content=raw, headers=headers)
 
 
 def status_of(conn: psycopg.Connection, message_id: str) -> str:
@@ -181,8 +193,8 @@ def test_valid_callback_is_processed(api, client, db):
         (m.message_id,),
     ).fetchone()
     assert row == ("DELIVERED", "DELIVERED", "0", datetime(2025, 11, 18, 9, 5, 30, tzinfo=UTC), "webhook")
-    events = db.execute("SELECT webhook_id, tracking_id, status, outcome FROM webhook_events").fetchall()
-    assert events == [("evt_valid_1", m.tracking_id, "DELIVERED", "applied")]
+    events = db.execute("SELECT carrier, webhook_id, tracking_id, status, outcome FROM webhook_events").fetchall()
+    assert events == [("primary", "evt_valid_1", m.tracking_id, "DELIVERED", "applied")]
 
 
 def test_rotated_old_secret_is_accepted_and_no_airflow_auth_is_needed(api, client, db):
@@ -216,10 +228,10 @@ def test_bad_signatures_are_401_and_change_nothing(api, client, db, case):
     elif case == "future":
         resp = post(client, body, at=datetime.now(UTC) + timedelta(minutes=6))
     elif case == "unsigned":
-        resp = client.post(ROUTE, json=body)
+        resp = client.post(PRIMARY_ROUTE, json=body)
     else:
         raw, headers = signed(payload(m.tracking_id, "SENT"))
-        resp = client.post(ROUTE, content=raw.replace(b'"SENT"', b'"DELIVERED"'), headers=headers)
+        resp = client.post(PRIMARY_ROUTE, content=raw.replace(b'"SENT"', b'"DELIVERED"'), headers=headers)
     assert resp.status_code == 401, resp.text
     assert set(resp.json()) == {"detail"}
     assert status_of(db, m.message_id) == "Queued"
@@ -273,20 +285,145 @@ def test_missing_tracking_id_is_422_naming_it_without_the_phone(api, client, db)
 def test_unknown_tracking_id_is_recorded_and_answered_202(api, client, db):
     resp = post(client, payload("NOBODY-TRACK-00000001"), webhook_id="evt_unknown")
     assert (resp.status_code, resp.json()) == (202, {"status": "ignored", "reason": "unknown trackingId"})
-    events = db.execute("SELECT webhook_id, tracking_id, outcome FROM webhook_events").fetchall()
-    assert events == [("evt_unknown", "NOBODY-TRACK-00000001", "unknown_tracking_id")]
+    events = db.execute("SELECT carrier, webhook_id, tracking_id, outcome FROM webhook_events").fetchall()
+    assert events == [("primary", "evt_unknown", "NOBODY-TRACK-00000001", "unknown_tracking_id")]
 
 
 def test_no_secret_configured_is_503_and_nothing_is_processed(app_db, db):
-    """A second API server without connection sms_carrier_webhook (nor sms_carrier): 503, nothing recorded."""
+    """A second API server without any webhook connection (nor carrier connection): 503 on both
+    carriers' routes, nothing recorded."""
     (m,) = make_messages(db, 1)
+    (s,) = make_messages(db, 1, carrier="secondary")
     with ApiServer() as bare, httpx.Client(base_url=bare.base_url, trust_env=False, timeout=30.0) as c:
-        signed_resp = post(c, payload(m.tracking_id))
-        unsigned_resp = c.post(ROUTE, content=b"{not json")
-    for resp in (signed_resp, unsigned_resp):
+        responses = [
+            post(c, payload(m.tracking_id)),
+            c.post(PRIMARY_ROUTE, content=b"{not json"),
+            post(c, payload(s.tracking_id), route=SECONDARY_ROUTE, secret=SECONDARY),
+            c.post(SECONDARY_ROUTE, content=b"{not json"),
+        ]
+    for resp in responses:
         assert (resp.status_code, resp.json()) == (503, {"detail": "webhook secret not configured"})
+    assert status_of(db, m.message_id) == status_of(db, s.message_id) == "Queued"
+    assert count(db, "SELECT count(*) FROM webhook_events") == 0
+
+
+# -- carriers --------------------------------------------------------------------------------------
+
+
+def _row(conn: psycopg.Connection, message_id: str) -> tuple:
+    return conn.execute(
+        "SELECT d.status, d.status_code, d.last_source, m.status, n.status FROM delivery_status d "
+        "JOIN sms_messages m USING (message_id) JOIN sms_notifications n ON n.notification_id = d.notification_id "
+        "WHERE d.message_id = %s",
+        (message_id,),
+    ).fetchone()
+
+
+def test_a_callback_changes_only_its_own_carriers_message(api, client, db):
+    """Both carriers hold a message with the same tracking id: each route changes its carrier's only."""
+    shared = "SHARED-TRACK-00000001"
+    (p,) = make_messages(db, 1, tracking_ids=[shared], carrier="primary")
+    (s,) = make_messages(db, 1, tracking_ids=[shared], carrier="secondary")
+    resp = post(client, payload(shared, "DELIVERED"), route=PRIMARY_ROUTE, webhook_id="evt_shared_1")
+    assert (resp.status_code, resp.json()) == (200, {"status": "processed"})
+    assert _row(db, p.message_id) == ("Delivered", "0", "webhook", "DELIVERED", "DELIVERED")
+    assert _row(db, s.message_id) == ("Queued", None, "submission", "QUEUED", "QUEUED")
+    assert history(db, s.message_id) == []
+
+    resp = post(client, payload(shared, "FAILED", statusCode="30003"), route=SECONDARY_ROUTE, secret=SECONDARY)
+    assert resp.status_code == 200
+    assert _row(db, s.message_id)[:2] == ("Failed", "30003")
+    assert _row(db, p.message_id)[:2] == ("Delivered", "0")
+    events = db.execute("SELECT carrier, tracking_id, outcome FROM webhook_events ORDER BY received_at").fetchall()
+    assert events == [("primary", shared, "applied"), ("secondary", shared, "applied")]
+
+
+def test_a_tracking_id_known_only_to_the_other_carrier_is_unknown(api, client, db):
+    (s,) = make_messages(db, 1, carrier="secondary")
+    resp = post(client, payload(s.tracking_id), route=PRIMARY_ROUTE)
+    assert (resp.status_code, resp.json()) == (202, {"status": "ignored", "reason": "unknown trackingId"})
+    assert status_of(db, s.message_id) == "Queued"
+    assert db.execute("SELECT carrier, outcome FROM webhook_events").fetchall() == [("primary", "unknown_tracking_id")]
+
+
+def test_a_callback_signed_with_the_other_carriers_secret_is_401(api, client, db):
+    (p,) = make_messages(db, 1, carrier="primary")
+    (s,) = make_messages(db, 1, carrier="secondary")
+    for route, secret, m in (
+        (SECONDARY_ROUTE, NEW, s),  # the primary's current secret on the secondary's route
+        (SECONDARY_ROUTE, OLD, s),  # the primary's rotation secret
+        (PRIMARY_ROUTE, SECONDARY, p),
+    ):
+        resp = post(client, payload(m.tracking_id), route=route, secret=secret)
+        assert resp.status_code == 401, resp.text
+        assert resp.json() == {"detail": "no matching webhook signature"}
+    assert status_of(db, p.message_id) == status_of(db, s.message_id) == "Queued"
+    assert count(db, "SELECT count(*) FROM delivery_status_history") == 0
+    assert count(db, "SELECT count(*) FROM webhook_events") == 0
+    ok = post(client, payload(s.tracking_id), route=SECONDARY_ROUTE, secret=SECONDARY)
+    assert (ok.status_code, status_of(db, s.message_id)) == (200, "Delivered")
+
+
+def test_a_numeric_status_code_is_applied_as_a_string(api, client, db):
+    (m,) = make_messages(db, 1)
+    body = json.dumps(payload(m.tracking_id, "FAILED", statusCode=50001)).encode()
+    assert b'"statusCode": 50001' in body  # a JSON number, not a string
+    resp = post(client, body)
+    assert (resp.status_code, resp.json()) == (200, {"status": "processed"})
+    row = db.execute(
+        "SELECT d.status, d.status_code, d.retry_decision, m.status_code FROM delivery_status d "
+        "JOIN sms_messages m USING (message_id) WHERE d.message_id = %s",
+        (m.message_id,),
+    ).fetchone()
+    assert row[:2] == ("Failed", "50001") and row[3] == "50001"
+    assert row[2] in ("retry", "exhausted")  # §3.6 decided on the code, as for a string
+
+
+def test_an_unknown_carrier_route_is_404(api, client, db):
+    (m,) = make_messages(db, 1)
+    for name in ("tertiary", "Primary", "sms_carrier"):
+        resp = post(client, payload(m.tracking_id), route=f"{ROUTE}/{name}")
+        assert resp.status_code == 404, resp.text
+        detail = resp.json()["detail"]
+        assert detail.startswith("unknown carrier") and PRIMARY_ROUTE in detail and SECONDARY_ROUTE in detail
     assert status_of(db, m.message_id) == "Queued"
     assert count(db, "SELECT count(*) FROM webhook_events") == 0
+
+
+def test_the_route_without_a_carrier_is_410_gone(api, client, db):
+    (m,) = make_messages(db, 1)
+    resp = post(client, payload(m.tracking_id), route=ROUTE, webhook_id="evt_legacy_1")
+    assert resp.status_code == 410, resp.text
+    detail = resp.json()["detail"]
+    assert PRIMARY_ROUTE in detail and SECONDARY_ROUTE in detail
+    assert PHONE not in resp.text
+    assert status_of(db, m.message_id) == "Queued"
+    assert count(db, "SELECT count(*) FROM webhook_events") == 0
+    time.sleep(0.3)  # the log is written by another process
+    log = api.log_text()
+    assert "retired route /premium/api/webhooks/sms-delivery" in log and "evt_legacy_1" in log
+    assert PHONE not in log
+
+
+def test_webhook_ids_are_per_carrier_and_each_is_applied_once(api, client, db):
+    """The two carriers may use the same webhook-id: each is applied once; a replay on either is not."""
+    (p,) = make_messages(db, 1, carrier="primary")
+    (s,) = make_messages(db, 1, carrier="secondary")
+    first = post(client, payload(p.tracking_id), route=PRIMARY_ROUTE, webhook_id="evt_same")
+    other = post(client, payload(s.tracking_id), route=SECONDARY_ROUTE, secret=SECONDARY, webhook_id="evt_same")
+    replay_p = post(client, payload(p.tracking_id, "FAILED", statusCode="21614"), webhook_id="evt_same")
+    replay_s = post(
+        client,
+        payload(s.tracking_id, "FAILED", statusCode="21614"),
+        route=SECONDARY_ROUTE,
+        secret=SECONDARY,
+        webhook_id="evt_same",
+    )
+    assert [r.status_code for r in (first, other, replay_p, replay_s)] == [200] * 4
+    assert history(db, p.message_id) == [("Queued", "Delivered", "webhook")]
+    assert history(db, s.message_id) == [("Queued", "Delivered", "webhook")]
+    events = db.execute("SELECT carrier, webhook_id, outcome FROM webhook_events ORDER BY carrier").fetchall()
+    assert events == [("primary", "evt_same", "applied"), ("secondary", "evt_same", "applied")]
 
 
 # -- concurrency -----------------------------------------------------------------------------------
@@ -295,7 +432,7 @@ def test_no_secret_configured_is_503_and_nothing_is_processed(app_db, db):
 async def _post_concurrently(base_url: str, requests: list[tuple[bytes, dict[str, str]]]) -> list[httpx.Response]:
     limits = httpx.Limits(max_connections=len(requests), max_keepalive_connections=len(requests))
     async with httpx.AsyncClient(base_url=base_url, trust_env=False, timeout=60.0, limits=limits) as c:
-        return await asyncio.gather(*(c.post(ROUTE, content=raw, headers=h) for raw, h in requests))
+        return await asyncio.gather(*(c.post(PRIMARY_ROUTE, content=raw, headers=h) for raw, h in requests))
 
 
 def test_200_concurrent_callbacks_nothing_lost_nothing_counted_twice(api, db):
@@ -329,7 +466,7 @@ def test_webhook_racing_a_poll_never_downgrades(api, client, db, app_db):
 
             def webhook(barrier=barrier, raw=raw, headers=headers):
                 barrier.wait()
-                return client.post(ROUTE, content=raw, headers=headers)
+                return client.post(PRIMARY_ROUTE, content=raw, headers=headers)
 
             polled, hooked = pool.submit(poll), pool.submit(webhook)
             polled.result()
@@ -358,12 +495,14 @@ def _phone_delivered_on_first_attempt() -> str:
     raise AssertionError("no phone found")
 
 
-def test_carrier_simulator_callbacks_reach_the_api_server(api, db):
-    name = "webhooks"
+@pytest.mark.parametrize("name", ["primary", "secondary"])
+def test_carrier_simulator_callbacks_reach_the_api_server(api, db, name):
+    """Each carrier's simulator signs with its own secret and posts to the callbackUrl it was given:
+    its own route."""
     tracking_id = cm.tracking_id(name, 1)  # the first message this fresh simulator accepts
-    (m,) = make_messages(db, 1, tracking_ids=[tracking_id])
+    (m,) = make_messages(db, 1, tracking_ids=[tracking_id], carrier=name)
     phone = _phone_delivered_on_first_attempt()
-    with carrier(name, env.TEST_SMS_API_KEY, webhooks=True) as sim:
+    with carrier(name, env.TEST_SMS_API_KEY, webhooks=True, webhook_secret=env.TEST_WEBHOOK_SECRETS[name]) as sim:
         batch = {
             "batchId": "BATCH-20251118-901",
             "messages": [
@@ -372,7 +511,7 @@ def test_carrier_simulator_callbacks_reach_the_api_server(api, db):
                     "phoneNumber": phone,
                     "content": "Your balance qualifies you for Premium.",
                     "priority": "HIGH",
-                    "callbackUrl": api.url(ROUTE),
+                    "callbackUrl": api.url(ROUTES[name]),
                 }
             ],
             "metadata": {"campaignId": "CAMP-WH", "correlationId": "corr-wh"},
@@ -395,7 +534,7 @@ def test_carrier_simulator_callbacks_reach_the_api_server(api, db):
         assert stats["callbacks_by_status"] == {"200": 2}, stats
     assert_monotonic(history(db, m.message_id), "Delivered")
     assert all(source == "webhook" for _, _, source in history(db, m.message_id))
-    events = dict(db.execute("SELECT webhook_id, outcome FROM webhook_events").fetchall())
+    events = dict(db.execute("SELECT webhook_id, outcome FROM webhook_events WHERE carrier = %s", (name,)).fetchall())
     assert set(events) == {f"evt_{tracking_id}_SENT", f"evt_{tracking_id}_DELIVERED"}
     assert events[f"evt_{tracking_id}_DELIVERED"] == "applied"
     assert phone not in api.log_text()
@@ -412,7 +551,7 @@ def test_server_log_names_outcomes_never_the_phone(api, client, db):
     assert post(client, body).status_code == 422
     time.sleep(0.3)  # the log is written by another process
     log = api.log_text()
-    assert f"webhook evt_logged tracking {m.tracking_id} status DELIVERED: applied" in log
+    assert f"primary webhook evt_logged tracking {m.tracking_id} status DELIVERED: applied" in log
     assert "invalid payload" in log
     assert PHONE not in log
     assert PHONE.removeprefix("+") not in log

@@ -4,7 +4,7 @@ Only the API server (no scheduler, no DAG processor): enough to exercise what pl
 (``fastapi_apps``), its middlewares and its auth manager, through real HTTP::
 
     with ApiServer(connections={"sms_carrier_webhook": '{"conn_type": "generic", "password": "whsec_…"}'}) as api:
-        httpx.post(api.url("/premium/api/webhooks/sms-delivery"), content=body, headers=headers)
+        httpx.post(api.url("/premium/api/webhooks/sms-delivery/primary"), content=body, headers=headers)
 
 Environment of the server (nothing of the calling process's ``AIRFLOW*`` settings leaks in):
 

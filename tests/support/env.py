@@ -50,5 +50,7 @@ def apply() -> None:
 
 TEST_SMS_API_KEY = "test-sms-api-key-2b81d0"
 TEST_SMS_SECONDARY_API_KEY = "test-sms-secondary-key-91c3aa"
-# Standard Webhooks secret (whsec_ + base64 of 24 fixed bytes): test-only.
-TEST_WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"premium-test-webhook-key").decode()
+# Standard Webhooks secrets (whsec_ + base64 of 24 fixed bytes), one per carrier: test-only.
+TEST_WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"premium-test-webhook-key").decode()  # the primary's
+TEST_SECONDARY_WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"premium-test-2nd-wh-key!").decode()
+TEST_WEBHOOK_SECRETS = {"primary": TEST_WEBHOOK_SECRET, "secondary": TEST_SECONDARY_WEBHOOK_SECRET}

@@ -40,6 +40,7 @@ OPTIONAL_VARS = (
     "AIRFLOW_API_PORT",
     "AIRFLOW_ADMIN_USERS",
     "SMS_CARRIER_SECONDARY_API_KEY",
+    "SMS_CARRIER_SECONDARY_WEBHOOK_SECRET",
     "AIRFLOW_VAR_PREMIUM_SETTINGS",
     "PREMIUM_SETTINGS_FILE",
     "COMPOSE_PROFILES",
@@ -68,6 +69,7 @@ CONTRACT_ENV = (
     "AIRFLOW_CONN_SMS_CARRIER",
     "AIRFLOW_CONN_SMS_CARRIER_SECONDARY",
     "AIRFLOW_CONN_SMS_CARRIER_WEBHOOK",
+    "AIRFLOW_CONN_SMS_CARRIER_SECONDARY_WEBHOOK",
     "AIRFLOW_VAR_PREMIUM_SETTINGS",
     "PYTHONPATH",
     "PREMIUM_INCLUDE_DIR",
@@ -100,11 +102,18 @@ def compose_bin() -> str:
 
 
 def _compose(
-    compose_bin: str, compose_file: Path, tmp_dir: Path, *args: str, drop: str | None = None
+    compose_bin: str,
+    compose_file: Path,
+    tmp_dir: Path,
+    *args: str,
+    drop: str | None = None,
+    extra: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
-    """`docker-compose -f FILE config ARGS` with only our dummy variables (no .env, no shell leaks)."""
+    """`docker-compose -f FILE config ARGS` with only our dummy variables (no .env, no shell leaks);
+    ``extra``: optional variables to set as well."""
     env = {k: v for k, v in os.environ.items() if k not in REQUIRED_VARS and k not in OPTIONAL_VARS}
     env.update({k: v for k, v in REQUIRED_VARS.items() if k != drop})
+    env.update(extra or {})
     empty_env_file = tmp_dir / "empty.env"
     empty_env_file.write_text("", encoding="utf-8")
     return subprocess.run(
@@ -349,6 +358,29 @@ def test_simulators_are_in_their_profile(config: dict) -> None:
         assert command[command.index("--name") + 1] == role
         assert command[command.index("--secret-env") + 1] == "SMS_SIM_SECRET"
     assert _env_vars_of(services["sms-carrier-sim"])["SMS_SIM_SECRET"] == REQUIRED_VARS["SMS_CARRIER_API_KEY"]
+
+
+def test_each_carrier_signs_its_callbacks_with_its_own_secret(compose_bin: str, tmp_path: Path) -> None:
+    """sms_carrier_webhook / sms_carrier_secondary_webhook on every Airflow service (the API server
+    verifies with them), each simulator signing with its carrier's secret, never the other's."""
+    secondary_secret = "whsec_ZHVtbXktc2Vjb25kYXJ5LXdlYmhvb2s="
+    result = _compose(
+        compose_bin, COMPOSE_FILE, tmp_path, extra={"SMS_CARRIER_SECONDARY_WEBHOOK_SECRET": secondary_secret}
+    )
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    for name in AIRFLOW_SERVICES:
+        primary = _conn(services[name], "AIRFLOW_CONN_SMS_CARRIER_WEBHOOK")
+        secondary = _conn(services[name], "AIRFLOW_CONN_SMS_CARRIER_SECONDARY_WEBHOOK")
+        assert primary == {"conn_type": "generic", "password": REQUIRED_VARS["SMS_WEBHOOK_SECRET"]}, name
+        assert secondary == {"conn_type": "generic", "password": secondary_secret}, name
+    for name, secret in (
+        ("sms-carrier-sim", REQUIRED_VARS["SMS_WEBHOOK_SECRET"]),
+        ("sms-carrier-sim-secondary", secondary_secret),
+    ):
+        command = services[name]["command"]
+        variable = command[command.index("--webhook-secret-env") + 1]
+        assert _env_vars_of(services[name])[variable] == secret, name
 
 
 # --- no literal secrets -------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
@@ -16,6 +17,7 @@ from standardwebhooks import Webhook
 from premium.webhooks import app as webhook_app
 from premium.webhooks.verify import (
     TOLERANCE_S,
+    CarrierSecrets,
     NotConfigured,
     PayloadError,
     SecretStore,
@@ -29,6 +31,7 @@ from premium.webhooks.verify import (
 from tests.support import env
 
 NEW = env.TEST_WEBHOOK_SECRET
+SECONDARY = env.TEST_SECONDARY_WEBHOOK_SECRET
 OLD = "whsec_" + base64.b64encode(b"premium-old-webhook-key!").decode()
 OTHER = "whsec_" + base64.b64encode(b"somebody-else-webhook-key").decode()
 NOW = datetime(2025, 11, 18, 9, 5, 30, tzinfo=UTC)
@@ -163,16 +166,29 @@ def test_no_secret_means_not_configured():
 # -- payload ---------------------------------------------------------------------------------------
 
 
-def test_full_payload_parses_into_a_status_update():
+def test_full_payload_parses_into_a_status_update_of_the_routes_carrier():
     cb = parse_payload(BODY)
-    update = cb.to_update()
-    assert (update.carrier, update.tracking_id, update.carrier_status, update.status_code) == (
-        "",
-        "PRIMARY-TRACK-00000001",
-        "DELIVERED",
-        "0",
-    )
-    assert update.event_at == datetime(2025, 11, 18, 9, 5, 30, tzinfo=UTC)
+    for carrier in ("primary", "secondary"):
+        update = cb.to_update(carrier)
+        assert (update.carrier, update.tracking_id, update.carrier_status, update.status_code) == (
+            carrier,
+            "PRIMARY-TRACK-00000001",
+            "DELIVERED",
+            "0",
+        )
+        assert update.event_at == datetime(2025, 11, 18, 9, 5, 30, tzinfo=UTC)
+    for carrier in ("", "tertiary"):
+        with pytest.raises(ValueError, match="unknown carrier"):
+            cb.to_update(carrier)
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"), [("50001", "50001"), (50001, "50001"), (0, "0"), ("0", "0"), (21614.0, "21614"), (None, None)]
+)
+def test_status_code_is_a_string_or_a_number_normalised_to_a_string(code, expected):
+    cb = parse_payload(json.dumps({**PAYLOAD, "status": "FAILED", "statusCode": code}).encode())
+    assert cb.status_code == expected
+    assert cb.to_update("primary").status_code == expected
 
 
 def test_minimal_payload_and_nulls():
@@ -213,7 +229,10 @@ def test_malformed_json_is_400(body):
         ({"deliveryTimestamp": "yesterday"}, "deliveryTimestamp"),
         ({"deliveryTimestamp": PHONE}, "deliveryTimestamp"),
         ({"deliveryTimestamp": 1763456730}, "deliveryTimestamp"),
-        ({"statusCode": 0}, "statusCode"),
+        ({"statusCode": True}, "statusCode"),
+        ({"statusCode": 500.5}, "statusCode"),
+        ({"statusCode": [50001]}, "statusCode"),
+        ({"statusCode": 10**70}, "statusCode"),
         ({"statusCode": {"code": PHONE}}, "statusCode"),
         ({"messageId": 7}, "messageId"),
     ],
@@ -269,6 +288,25 @@ def test_secrets_from_the_webhook_connection_password_and_rotation_extra():
     assert secrets_from_connections(get) == (OLD,)
 
 
+def test_each_carrier_has_its_own_secrets_and_never_the_others():
+    get = fake_connections(
+        sms_carrier_webhook=(NEW, {"secrets": [OLD]}),
+        sms_carrier_secondary_webhook=(SECONDARY, {}),
+        sms_carrier=("api-key", {"webhook_secret": OTHER}),
+        sms_carrier_secondary=("api-key-2", {"webhook_secret": OTHER}),
+    )
+    assert secrets_from_connections(get, "primary") == (NEW, OLD)
+    assert secrets_from_connections(get) == (NEW, OLD)  # the primary by default (existing contract)
+    assert secrets_from_connections(get, "secondary") == (SECONDARY,)
+    # the secondary falls back to its own API connection, never to the primary's connections
+    only_primary = fake_connections(sms_carrier_webhook=(NEW, {}), sms_carrier=("api-key", {"webhook_secret": OLD}))
+    assert secrets_from_connections(only_primary, "secondary") == ()
+    fallback = fake_connections(
+        sms_carrier_webhook=(NEW, {}), sms_carrier_secondary=("k", {"webhook_secrets": [OTHER]})
+    )
+    assert secrets_from_connections(fallback, "secondary") == (OTHER,)
+
+
 def test_the_carrier_connection_is_only_a_fallback():
     get = fake_connections(sms_carrier=("api-key", {"webhook_secret": NEW, "webhook_secrets": [OLD]}))
     assert secrets_from_connections(get) == (NEW, OLD)
@@ -282,20 +320,26 @@ def test_the_carrier_connection_is_only_a_fallback():
 @pytest.mark.parametrize(
     ("conns", "expected"),
     [
-        ({"SMS_CARRIER_WEBHOOK": {"password": NEW, "extra": {"secrets": [OLD]}}}, (NEW, OLD)),
-        ({"SMS_CARRIER": {"password": "api-key-123", "extra": {"webhook_secrets": [OLD, NEW]}}}, (OLD, NEW)),
-        ({}, ()),
+        ({"SMS_CARRIER_WEBHOOK": {"password": NEW, "extra": {"secrets": [OLD]}}}, {"primary": (NEW, OLD)}),
+        (
+            {"SMS_CARRIER": {"password": "api-key-123", "extra": {"webhook_secrets": [OLD, NEW]}}},
+            {"primary": (OLD, NEW)},
+        ),
+        ({"SMS_CARRIER_SECONDARY_WEBHOOK": {"password": SECONDARY}}, {"secondary": (SECONDARY,)}),
+        ({"SMS_CARRIER_SECONDARY": {"password": "k", "extra": {"webhook_secret": OLD}}}, {"secondary": (OLD,)}),
+        ({}, {}),
     ],
 )
 def test_secrets_resolved_through_airflow_connections(monkeypatch, conns, expected):
     """Real resolution (premium.connections.get_connection, AIRFLOW_CONN_* env vars, Airflow's NotFound)."""
     from premium.connections import get_connection
 
-    for name in ("SMS_CARRIER_WEBHOOK", "SMS_CARRIER"):
+    for name in ("SMS_CARRIER_WEBHOOK", "SMS_CARRIER", "SMS_CARRIER_SECONDARY_WEBHOOK", "SMS_CARRIER_SECONDARY"):
         monkeypatch.delenv(f"AIRFLOW_CONN_{name}", raising=False)
     for name, conn in conns.items():
         monkeypatch.setenv(f"AIRFLOW_CONN_{name}", json.dumps({"conn_type": "generic", **conn}))
-    assert secrets_from_connections(get_connection) == expected
+    for carrier in ("primary", "secondary"):
+        assert secrets_from_connections(get_connection, carrier) == expected.get(carrier, ())
 
 
 def test_malformed_secrets_are_skipped_without_logging_them(caplog):
@@ -350,15 +394,42 @@ def test_secret_store_retries_soon_after_nothing_or_a_failure():
     assert answers == []
 
 
+def test_carrier_secrets_are_separate_and_a_shared_secret_is_accepted_for_neither(caplog):
+    configured = {"primary": (NEW, OLD), "secondary": (SECONDARY, OLD)}
+    secrets = CarrierSecrets(lambda carrier: configured[carrier])
+    assert secrets.get("primary") == (NEW,)
+    assert secrets.get("secondary") == (SECONDARY,)
+    assert "also configured for another carrier" in caplog.text and "sms_carrier_secondary_webhook" in caplog.text
+    assert OLD not in caplog.text
+    errors = len([r for r in caplog.records if r.levelname == "ERROR"])
+    secrets.get("primary")
+    assert len([r for r in caplog.records if r.levelname == "ERROR"]) == errors  # said once, not per request
+
+
+def test_carrier_secrets_one_carriers_lookup_failing_does_not_stop_the_other():
+    def loader(carrier):
+        if carrier == "secondary":
+            raise RuntimeError("vault down")
+        return (NEW,)
+
+    secrets = CarrierSecrets(loader)
+    assert secrets.get("primary") == (NEW,)
+    with pytest.raises(SecretsUnavailable):
+        secrets.get("secondary")
+
+
 # -- the route's handler, with fakes (no database) ------------------------------------------------
 
 
 @pytest.fixture
 def handler(monkeypatch):
-    """webhook_app.handle with secrets (NEW, OLD) and a recorder that must not be reached unless set."""
+    """webhook_app.handle with secrets primary (NEW, OLD), secondary (SECONDARY), and a recorder."""
     recorded = []
-    monkeypatch.setattr(webhook_app, "SECRETS", SecretStore(lambda: (NEW, OLD)))
+    configured = {"primary": (NEW, OLD), "secondary": (SECONDARY,)}
+    monkeypatch.setattr(webhook_app, "SECRETS", CarrierSecrets(lambda carrier: configured[carrier]))
     monkeypatch.setattr(webhook_app, "SETTINGS", SimpleNamespace(get=lambda: "settings"))
+    audited: list = []
+    monkeypatch.setattr(webhook_app, "_flush_audit", lambda: audited.extend(webhook_app.AUDIT.drain()))
 
     def record(webhook_id, update, settings):
         recorded.append((webhook_id, update))
@@ -366,7 +437,7 @@ def handler(monkeypatch):
 
     recorded_outcome = ["applied"]
     monkeypatch.setattr(webhook_app, "record", record)
-    return SimpleNamespace(recorded=recorded, outcome=recorded_outcome)
+    return SimpleNamespace(recorded=recorded, outcome=recorded_outcome, audited=audited)
 
 
 def now_signed(body: bytes = BODY, **kw) -> dict[str, str]:
@@ -374,88 +445,181 @@ def now_signed(body: bytes = BODY, **kw) -> dict[str, str]:
 
 
 def test_handler_answers(handler):
-    assert webhook_app.handle(now_signed(), BODY) == (200, {"status": "processed"})
+    assert webhook_app.handle("primary", now_signed(), BODY) == (200, {"status": "processed"})
     handler.outcome[0] = "unknown_tracking_id"
-    assert webhook_app.handle(now_signed(), BODY) == (202, {"status": "ignored", "reason": "unknown trackingId"})
+    assert webhook_app.handle("primary", now_signed(), BODY) == (
+        202,
+        {"status": "ignored", "reason": "unknown trackingId"},
+    )
     for outcome in ("replayed", "no_change"):
         handler.outcome[0] = outcome
-        assert webhook_app.handle(now_signed(), BODY) == (200, {"status": "processed"})
-    assert [u.carrier for _, u in handler.recorded] == [""] * 4
+        assert webhook_app.handle("secondary", now_signed(secret=SECONDARY), BODY) == (200, {"status": "processed"})
+    assert [u.carrier for _, u in handler.recorded] == ["primary", "primary", "secondary", "secondary"]
+
+
+def test_handler_accepts_only_the_routes_carriers_secrets(handler):
+    assert webhook_app.handle("secondary", now_signed(secret=NEW), BODY)[0] == 401
+    assert webhook_app.handle("secondary", now_signed(secret=OLD), BODY)[0] == 401
+    assert webhook_app.handle("primary", now_signed(secret=SECONDARY), BODY)[0] == 401
+    assert handler.recorded == []
 
 
 def test_handler_verifies_before_parsing_and_records_nothing_on_errors(handler):
     garbage = b"{not json"
-    assert webhook_app.handle(now_signed(garbage, secret=OTHER), garbage)[0] == 401
-    assert webhook_app.handle({}, garbage)[0] == 401
-    assert webhook_app.handle(now_signed(garbage), garbage)[0] == 400
+    assert webhook_app.handle("primary", now_signed(garbage, secret=OTHER), garbage)[0] == 401
+    assert webhook_app.handle("primary", {}, garbage)[0] == 401
+    assert webhook_app.handle("primary", now_signed(garbage), garbage)[0] == 400
     bad = json.dumps({"phoneNumber": PHONE, "status": "SENT"}).encode()
-    status, body = webhook_app.handle(now_signed(bad), bad)
+    status, body = webhook_app.handle("primary", now_signed(bad), bad)
     assert status == 422 and "trackingId" in body["detail"] and PHONE not in json.dumps(body)
     assert handler.recorded == []
 
 
-def test_no_secret_configured_is_503_and_nothing_is_processed(handler, monkeypatch):
-    monkeypatch.setattr(webhook_app, "SECRETS", SecretStore(lambda: ()))
-    assert webhook_app.handle(now_signed(), BODY) == (503, {"detail": "webhook secret not configured"})
-    assert webhook_app.handle({}, b"junk") == (503, {"detail": "webhook secret not configured"})
+def test_no_secret_configured_is_503_and_nothing_is_processed(handler, monkeypatch, caplog):
+    configured = {"primary": (NEW,), "secondary": ()}
+    monkeypatch.setattr(webhook_app, "SECRETS", CarrierSecrets(lambda carrier: configured[carrier]))
+    signed_secondary = now_signed(secret=SECONDARY)
+    assert webhook_app.handle("secondary", signed_secondary, BODY) == (503, {"detail": "webhook secret not configured"})
+    assert webhook_app.handle("secondary", {}, b"junk") == (503, {"detail": "webhook secret not configured"})
+    assert "connection sms_carrier_secondary_webhook" in caplog.text
+    assert handler.recorded == []
+    assert webhook_app.handle("primary", now_signed(), BODY) == (200, {"status": "processed"})
+
+
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+def test_route_in_process_per_carrier_size_cap_and_no_auth_needed(handler):
+    from fastapi.testclient import TestClient
+
+    primary, secondary = webhook_app.carrier_route("primary"), webhook_app.carrier_route("secondary")
+    with TestClient(webhook_app.app) as client:
+        ok = client.post(primary, content=BODY, headers=now_signed())
+        assert (ok.status_code, ok.json()) == (200, {"status": "processed"})
+        ok = client.post(secondary, content=BODY, headers=now_signed(secret=SECONDARY))
+        assert (ok.status_code, ok.json()) == (200, {"status": "processed"})
+        assert client.post(secondary, content=BODY, headers=now_signed()).status_code == 401  # the primary's secret
+        big = b" " * (webhook_app.MAX_BODY_BYTES + 1)
+        assert client.post(primary, content=big, headers=now_signed(big)).status_code == 413
+        assert client.post(primary, content=BODY).status_code == 401
+    assert [u.carrier for _, u in handler.recorded] == ["primary", "secondary"]
+    endpoints = [json.loads(data)["endpoint"] for _, data, _ in handler.audited]
+    assert endpoints[:2] == [
+        "/premium/api/webhooks/sms-delivery/primary",
+        "/premium/api/webhooks/sms-delivery/secondary",
+    ]
+    assert [json.loads(data)["carrier"] for _, data, _ in handler.audited][:2] == ["primary", "secondary"]
+
+
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+@pytest.mark.parametrize("path", ["/api/webhooks/sms-delivery/tertiary", "/api/webhooks/sms-delivery/PRIMARY"])
+def test_unknown_carrier_route_is_404_naming_the_routes(handler, path):
+    from fastapi.testclient import TestClient
+
+    with TestClient(webhook_app.app) as client:
+        resp = client.post(path, content=BODY, headers=now_signed())
+    assert resp.status_code == 404
+    detail = resp.json()["detail"]
+    assert detail.startswith("unknown carrier") and "/premium/api/webhooks/sms-delivery/primary" in detail
+    assert path.rsplit("/", 1)[1] not in detail  # the path is not echoed
     assert handler.recorded == []
 
 
 @pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
-def test_route_in_process_size_cap_and_no_auth_needed(handler):
+def test_the_route_without_a_carrier_is_gone(handler, caplog):
     from fastapi.testclient import TestClient
 
     with TestClient(webhook_app.app) as client:
-        ok = client.post(webhook_app.ROUTE, content=BODY, headers=now_signed())
-        assert (ok.status_code, ok.json()) == (200, {"status": "processed"})
-        big = b" " * (webhook_app.MAX_BODY_BYTES + 1)
-        assert client.post(webhook_app.ROUTE, content=big, headers=now_signed(big)).status_code == 413
-        assert client.post(webhook_app.ROUTE, content=BODY).status_code == 401
+        resp = client.post(webhook_app.ROUTE, content=BODY, headers=now_signed())
+    assert resp.status_code == 410
+    detail = resp.json()["detail"]
+    assert "/premium/api/webhooks/sms-delivery/primary" in detail
+    assert "/premium/api/webhooks/sms-delivery/secondary" in detail
+    assert handler.recorded == []
+    assert "retired route" in caplog.text and PHONE not in caplog.text
+    (event,) = [json.loads(data) for _, data, _ in handler.audited]
+    assert (event["endpoint"], event["status"]) == ("/premium/api/webhooks/sms-delivery", "410")
 
 
 def test_database_trouble_is_503_and_retryable(handler, monkeypatch):
     import psycopg
+    from psycopg_pool import PoolTimeout
 
-    def broken(webhook_id, update, settings):
-        raise psycopg.OperationalError("connection refused")
+    for exc in (psycopg.OperationalError("connection refused"), PoolTimeout("no connection within 10s")):
 
-    monkeypatch.setattr(webhook_app, "record", broken)
-    assert webhook_app.handle(now_signed(), BODY) == (503, {"detail": "temporarily unavailable"})
+        def broken(webhook_id, update, settings, exc=exc):
+            raise exc
 
-
-class FakeConn:
-    def __init__(self):
-        from psycopg.pq import TransactionStatus
-
-        self.closed = False
-        self.info = SimpleNamespace(transaction_status=TransactionStatus.IDLE)
-
-    def close(self):
-        self.closed = True
+        monkeypatch.setattr(webhook_app, "record", broken)
+        assert webhook_app.handle("primary", now_signed(), BODY) == (503, {"detail": "temporarily unavailable"})
 
 
-def test_connection_pool_reuses_clean_connections_and_drops_failed_ones(monkeypatch):
+class FakePool:
+    """Stands in for the psycopg_pool pool: each connection() raises the next exception, if any."""
+
+    def __init__(self, *failures: Exception) -> None:
+        self.failures = list(failures)
+        self.lent: list[float | None] = []
+
+    @contextmanager
+    def connection(self, timeout: float | None = None):
+        self.lent.append(timeout)
+        if self.failures:
+            raise self.failures.pop(0)
+        yield "conn"
+
+
+@pytest.fixture
+def fake_pool(monkeypatch):
+    """webhook_app.record with a fake pool and a fake record_webhook (no database)."""
+    from premium.notifications import state
+
+    applied = []
+
+    def record_webhook(conn, webhook_id, update, settings):
+        applied.append((conn, webhook_id, update.carrier))
+        return "applied", []
+
+    monkeypatch.setattr(state, "record_webhook", record_webhook)
+    holder = SimpleNamespace(pool=FakePool(), applied=applied)
+    monkeypatch.setattr(webhook_app, "_pool", lambda: holder.pool)
+    return holder
+
+
+def test_record_retries_once_on_a_lost_connection_not_on_a_pool_timeout(fake_pool):
     import psycopg
+    from psycopg_pool import PoolTimeout
 
-    made: list[FakeConn] = []
+    update = parse_payload(BODY).to_update("secondary")
+    fake_pool.pool = FakePool(psycopg.OperationalError("server closed the connection unexpectedly"))
+    assert webhook_app.record("evt_1", update, "settings") == "applied"
+    assert fake_pool.applied == [("conn", "evt_1", "secondary")]
+    assert fake_pool.pool.lent == [webhook_app.DB_POOL_TIMEOUT_S] * 2
 
-    def connect(**kwargs):
-        assert kwargs["autocommit"] is True and kwargs["application_name"] == "premium-webhooks"
-        made.append(FakeConn())
-        return made[-1]
+    fake_pool.pool = FakePool(psycopg.OperationalError("lost"), psycopg.OperationalError("lost again"))
+    with pytest.raises(psycopg.OperationalError):
+        webhook_app.record("evt_2", update, "settings")
+    fake_pool.pool = FakePool(PoolTimeout("no connection within 10s"))
+    with pytest.raises(PoolTimeout):
+        webhook_app.record("evt_3", update, "settings")
+    assert len(fake_pool.pool.lent) == 1  # a pool timeout is not retried: the carrier retries the 503
+    assert len(fake_pool.applied) == 1
 
-    monkeypatch.setattr(psycopg, "connect", connect)
-    pool = webhook_app.ConnectionPool(lambda: {"host": "db"}, size=1, timeout=0.05)
-    with pool.connection() as first:
-        with pytest.raises(webhook_app.PoolTimeout), pool.connection():
-            pass  # the only slot is taken
-    with pool.connection() as second:
-        assert second is first  # reused
-    with pytest.raises(RuntimeError), pool.connection() as third:
-        assert third is first
-        raise RuntimeError("boom")
-    assert first.closed  # dropped after an error
-    with pool.connection() as fourth:
-        assert fourth is not first
-    pool.close()
-    assert len(made) == 2 and all(c.closed for c in made)
+
+def test_the_app_uses_the_projects_pool(monkeypatch):
+    """premium.db.pool (psycopg_pool) with the premium_db connection, under its own application name."""
+    from premium import db
+
+    seen = []
+    monkeypatch.setattr(db, "pool", lambda conninfo: seen.append(conninfo) or "the-pool")
+    monkeypatch.setattr(
+        "premium.connections.premium_db_kwargs", lambda: {"host": "db.example", "dbname": "premium_app"}
+    )
+    webhook_app.CONNINFO.clear()
+    try:
+        assert webhook_app._pool() == "the-pool"
+    finally:
+        webhook_app.CONNINFO.clear()
+        webhook_app._pools.clear()
+    assert seen == [
+        {"host": "db.example", "dbname": "premium_app", "application_name": "premium-webhooks", "connect_timeout": 5}
+    ]
+    assert not hasattr(webhook_app, "ConnectionPool")  # the hand-written pool is gone

@@ -33,25 +33,30 @@ def _endpoints() -> dict:
     return endpoints
 
 
-def submissions_of(context: Any) -> tuple[str, list[str]]:
-    """(campaign_id, batch_ids) from every triggering asset event (several may fold into one run),
-    or from the params of a manual run (``campaign_id``, optional ``batch_ids``)."""
+def submissions_of(context: Any) -> tuple[str, list[str], list[Any]]:
+    """(campaign_id, batch_ids, check dates) from every triggering asset event (several may fold into
+    one run), or from the params of a manual run (``campaign_id``, optional ``batch_ids``)."""
+    from datetime import date
+
     events = context.get("triggering_asset_events") or {}
     campaigns: set[str] = set()
     batches: list[str] = []
+    dates: set[Any] = set()
     for asset_events in events.values():
         for event in asset_events:
             extra = event.extra or {}
             if extra.get("campaign_id"):
                 campaigns.add(extra["campaign_id"])
             batches.extend(b for b in extra.get("batch_ids") or [] if b not in batches)
+            if extra.get("check_date"):
+                dates.add(date.fromisoformat(extra["check_date"]))
     params = context.get("params") or {}
     if not campaigns and params.get("campaign_id"):
         campaigns.add(params["campaign_id"])
         batches = list(params.get("batch_ids") or [])
     if len(campaigns) != 1:
         raise AirflowFailException(f"expected the submissions of one campaign, got {sorted(campaigns) or 'none'}")
-    return campaigns.pop(), batches
+    return campaigns.pop(), batches, sorted(dates)
 
 
 def register(context: Any) -> dict[str, Any]:
@@ -60,7 +65,7 @@ def register(context: Any) -> dict[str, Any]:
     from premium.connections import premium_db_kwargs
     from premium.delivery.tracking import register as register_run
 
-    campaign_id, batch_ids = submissions_of(context)
+    campaign_id, batch_ids, check_dates = submissions_of(context)
     conninfo = premium_db_kwargs()
     if not batch_ids:
         with psycopg.connect(**conninfo) as conn:
@@ -73,7 +78,7 @@ def register(context: Any) -> dict[str, Any]:
                 )
             ]
     settings = _settings(context)
-    run = register_run(conninfo, context["dag_run"].run_id, campaign_id, batch_ids, settings)
+    run = register_run(conninfo, context["dag_run"].run_id, campaign_id, batch_ids, settings, check_dates)
     log.info(
         "tracking %d batches of %s until %s, polling every %.0fs",
         len(run.batch_ids),
@@ -86,27 +91,29 @@ def register(context: Any) -> dict[str, Any]:
 
 def _resubmitter(conninfo: dict[str, Any], context: Any, run: Any):
     def resubmit(campaign_id: str) -> int:
-        import psycopg
-
         from premium.banking.stage import correlation_id_for
         from premium.crypto import PiiKeyring
-        from premium.notifications.engine import submit
+        from premium.notifications.engine import escalate, submit
 
-        with psycopg.connect(**conninfo) as conn:
-            # Retry batches are numbered after the submission's own: BATCH-<its check date>-<next>.
-            check_date = conn.execute(
-                "SELECT max(check_date) FROM sms_batches WHERE batch_id = ANY(%s)", (run.batch_ids,)
-            ).fetchone()[0]
+        check_date = max(run.check_dates) if run.check_dates else None
         summary = submit(
             conninfo,
             campaign_id,
-            check_date,
             load_sms(),
             _endpoints(),
             PiiKeyring.from_connection(),
             correlation_id_for(context["dag_run"].run_id, check_date),
+            holder=f"poll_delivery_status:{context['dag_run'].run_id}",
+            wait_s=0,  # another holder is submitting this campaign: the work is its
         )
-        log.info("resubmitted retries of %s: %s", campaign_id, summary.as_dict())
+        if summary.post_attempts or summary.lease_busy:
+            log.info("engine run for %s: %s", campaign_id, summary.as_dict())
+        escalate(
+            summary,
+            campaign_id,
+            check_date,
+            {"dag_id": context["dag"].dag_id, "run_id": context["dag_run"].run_id, "task_id": "poll_delivery_status"},
+        )
         return summary.messages_accepted
 
     return resubmit

@@ -1,17 +1,21 @@
 """Tracking one submission to its end (§3.3, §3.6, §4.2 part 3).
 
-A tracking run follows the notifications of the batches its asset events named. Each poll:
+A tracking run follows every notification of its check dates (named by its asset events), in
+whatever batch its messages are: a split of a partial 202, a retry, a batch another run sent.
+Each poll:
 
 1. asks the carrier for the status of every current message of those notifications that is not
    final, ``in_flight`` requests at a time, with retries and a circuit breaker per carrier;
-2. applies the answers through :func:`premium.notifications.state.apply_updates` (monotonic; retry
-   decisions per §3.6 in the same transaction);
-3. resubmits the notifications whose failure may be retried, under the same exactly-once
-   rules as the first submission (:mod:`premium.notifications.engine`: new attempt, new deterministic
-   message id, new batch); their new messages are followed from then on.
+2. applies the answers through :func:`premium.notifications.state.apply_updates` (monotonic;
+   DELIVERED outranks FAILED; retry decisions per §3.6 in the same transaction);
+3. runs the submission engine (:mod:`premium.notifications.engine`) for the campaign while it has
+   open work: retries whose backoff has passed, batches left buffered or unsent. The engine keeps
+   its rules whoever calls it: one holder of the campaign's lease (a tracking run does not wait for
+   another holder; it leaves the work to it) and nothing POSTed outside the send window.
 
 The window (72 h by default) is kept in ``delivery_tracking_runs.deadline``, not in the trigger:
-when it has passed, :func:`finalize` marks what is still open as Unconfirmed.
+when it has passed, :func:`finalize` marks what is still open as Unconfirmed, and a retry that
+never went out as FAILED (or UNCONFIRMED when an earlier POST of it may have reached the carrier).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import psycopg
 
 from premium.audit import AuditLog
 from premium.audit import flush as audit_flush
-from premium.notifications.carrier import CarrierEndpoint, SmsCarrierClient
+from premium.notifications.carrier import CarrierEndpoint, SmsCarrierClient, read_statuses
 from premium.notifications.state import StatusUpdate, apply_updates
 from premium.settings import DeliverySettings, SmsSettings
 
@@ -42,6 +46,7 @@ class TrackingRun:
     batch_ids: list[str]
     deadline: datetime
     poll_interval_s: float
+    check_dates: list
 
 
 @dataclass
@@ -62,16 +67,23 @@ class PollOutcome:
 
 
 def register(
-    conninfo: dict[str, Any], dag_run_id: str, campaign_id: str, batch_ids: list[str], settings: DeliverySettings
+    conninfo: dict[str, Any],
+    dag_run_id: str,
+    campaign_id: str,
+    batch_ids: list[str],
+    settings: DeliverySettings,
+    check_dates: list | None = None,
 ) -> TrackingRun:
     """Create the run's tracking record once (a retried task keeps its deadline)."""
     with psycopg.connect(**conninfo) as conn:
         conn.execute(
             """
             INSERT INTO delivery_tracking_runs (dag_run_id, campaign_id, batch_ids, submitted_at, deadline,
-                                                poll_interval_s, status)
+                                                poll_interval_s, status, check_dates)
             SELECT %(run)s, %(campaign)s, %(batches)s, coalesce(min(b.submitted_at), now()),
-                   coalesce(min(b.submitted_at), now()) + make_interval(secs => %(window)s), %(interval)s, 'TRACKING'
+                   coalesce(min(b.submitted_at), now()) + make_interval(secs => %(window)s), %(interval)s, 'TRACKING',
+                   ARRAY(SELECT DISTINCT d FROM unnest(array_agg(b.check_date) || %(dates)s::date[]) AS d
+                         WHERE d IS NOT NULL ORDER BY d)
             FROM sms_batches b WHERE b.batch_id = ANY(%(batches)s)
             ON CONFLICT (dag_run_id) DO NOTHING
             """,
@@ -81,6 +93,7 @@ def register(
                 "batches": batch_ids,
                 "window": settings.window_s,
                 "interval": settings.poll_interval_s,
+                "dates": list(check_dates or []),
             },
         )
         return load_run(conn, dag_run_id)
@@ -88,7 +101,7 @@ def register(
 
 def load_run(conn: psycopg.Connection, dag_run_id: str) -> TrackingRun:
     row = conn.execute(
-        "SELECT dag_run_id, campaign_id, batch_ids, deadline, poll_interval_s FROM delivery_tracking_runs "
+        "SELECT dag_run_id, campaign_id, batch_ids, deadline, poll_interval_s, check_dates FROM delivery_tracking_runs "
         "WHERE dag_run_id = %s",
         (dag_run_id,),
     ).fetchone()
@@ -99,9 +112,14 @@ def load_run(conn: psycopg.Connection, dag_run_id: str) -> TrackingRun:
 
 _FOLLOWED = """
 WITH followed AS (
-    SELECT DISTINCT m.notification_id FROM sms_messages m WHERE m.batch_id = ANY(%(batches)s)
+    SELECT n.notification_id FROM sms_notifications n
+    WHERE n.campaign_id = %(campaign)s AND n.check_date = ANY(%(dates)s)
 )
 """
+
+
+def _scope(run: TrackingRun) -> dict[str, Any]:
+    return {"campaign": run.campaign_id, "dates": list(run.check_dates)}
 
 
 def open_messages(conn: psycopg.Connection, run: TrackingRun) -> list[tuple[str, str]]:
@@ -116,7 +134,7 @@ def open_messages(conn: psycopg.Connection, run: TrackingRun) -> list[tuple[str,
         WHERE d.status_rank < 30
         ORDER BY d.carrier, d.tracking_id
         """,
-        {"batches": run.batch_ids},
+        _scope(run),
     ).fetchall()
 
 
@@ -127,7 +145,7 @@ def pending_retries(conn: psycopg.Connection, run: TrackingRun) -> int:
         SELECT count(*) FROM followed f JOIN sms_notifications n ON n.notification_id = f.notification_id
         WHERE n.status = 'PENDING'
         """,
-        {"batches": run.batch_ids},
+        _scope(run),
     ).fetchone()[0]
 
 
@@ -150,53 +168,13 @@ async def poll_statuses(
             correlation_id=correlation_id,
         )
         await clients[name].__aenter__()
-    semaphore = asyncio.Semaphore(settings.in_flight)
-    updates: list[StatusUpdate] = []
-    errors = 0
-
-    async def one(carrier: str, tracking_id: str) -> None:
-        nonlocal errors
-        client = clients.get(carrier)
-        if client is None:
-            errors += 1
-            return
-        async with semaphore:
-            for attempt in range(settings.max_retries + 1):
-                try:
-                    status, body = await client.get_status(tracking_id)
-                except Exception as exc:  # noqa: BLE001 - timeouts, 5xx, open breaker: retried, then counted
-                    if attempt < settings.max_retries:
-                        await asyncio.sleep(settings.backoff_s(attempt + 1))
-                        continue
-                    errors += 1
-                    log.debug("status of %s/%s unavailable: %s", carrier, tracking_id, type(exc).__name__)
-                    return
-                break
-        if status != 200 or not isinstance(body, dict) or not body.get("status"):
-            errors += 1
-            return
-        event_at = body.get("deliveryTimestamp")
-        try:
-            parsed = datetime.fromisoformat(event_at.replace("Z", "+00:00")) if event_at else None
-        except (AttributeError, ValueError):
-            parsed = None
-        updates.append(
-            StatusUpdate(
-                carrier,
-                tracking_id,
-                str(body["status"]),
-                None if body.get("statusCode") in (None, "") else str(body["statusCode"]),
-                str(body.get("statusMessage") or "")[:200] or None,
-                parsed,
-            )
-        )
-
     try:
-        await asyncio.gather(*(one(c, t) for c, t in items))
+        return await read_statuses(
+            items, clients, in_flight=settings.in_flight, max_retries=settings.max_retries, backoff_s=settings.backoff_s
+        )
     finally:
         for client in clients.values():
             await client.__aexit__(None, None, None)
-    return updates, errors
 
 
 def poll_once(
@@ -260,15 +238,29 @@ def finalize(conninfo: dict[str, Any], run: TrackingRun, sms_settings: SmsSettin
     with psycopg.connect(**conninfo) as conn:
         remaining = open_messages(conn, run)
         expired = apply_updates(conn, [StatusUpdate(c, t, "UNCONFIRMED") for c, t in remaining], "expiry", sms_settings)
-        conn.execute(
+        unsent = conn.execute(
             _FOLLOWED  # noqa: S608 - constant text, parameters bound
             + """
-            UPDATE sms_notifications n SET status = 'FAILED', error_detail = 'retry not sent before the window closed',
-                updated_at = now()
+            , withdrawn AS (  -- not sent: taken out of their batch so that no later run sends them
+                UPDATE sms_messages m SET status = 'REJECTED', status_code = 'EXPIRED', updated_at = now()
+                FROM followed f, sms_notifications n, sms_batches b
+                WHERE n.notification_id = f.notification_id AND n.status = 'PENDING'
+                  AND m.message_id = n.current_message_id AND m.status = 'PENDING'
+                  AND b.batch_id = m.batch_id AND NOT b.ambiguous AND NOT b.in_flight
+                RETURNING m.notification_id
+            )
+            UPDATE sms_notifications n SET
+                status = CASE WHEN n.current_message_id IS NULL OR n.notification_id IN (SELECT notification_id FROM withdrawn)
+                              THEN 'FAILED' ELSE 'UNCONFIRMED' END,
+                error_detail = CASE WHEN n.current_message_id IS NULL OR n.notification_id IN (SELECT notification_id FROM withdrawn)
+                                    THEN 'not sent before the tracking window closed'
+                                    ELSE 'the carrier never answered definitively before the tracking window closed' END,
+                next_attempt_at = NULL, updated_at = now()
             FROM followed f WHERE n.notification_id = f.notification_id AND n.status = 'PENDING'
+            RETURNING n.status
             """,
-            {"batches": run.batch_ids},
-        )
+            _scope(run),
+        ).fetchall()
         rows = conn.execute(
             _FOLLOWED  # noqa: S608 - constant text, parameters bound
             + """
@@ -276,11 +268,12 @@ def finalize(conninfo: dict[str, Any], run: TrackingRun, sms_settings: SmsSettin
             FROM followed f JOIN sms_notifications n ON n.notification_id = f.notification_id
             GROUP BY n.status
             """,
-            {"batches": run.batch_ids},
+            _scope(run),
         ).fetchall()
         counts = {status.lower(): count for status, count, _ in rows}
         counts["retried"] = sum(r[2] for r in rows)
         counts["expired_now"] = len(expired)
+        counts["never_sent"] = sum(1 for (status,) in unsent if status == "FAILED")
         conn.execute(
             "UPDATE delivery_tracking_runs SET status = 'DONE', counts = %s, finished_at = now() WHERE dag_run_id = %s",
             (psycopg.types.json.Jsonb(counts), run.dag_run_id),

@@ -1,19 +1,27 @@
 """Async client of an SMS carrier (§3.2 batch submission, §3.3 status), one per carrier.
 
-One POST is one attempt; the caller (:mod:`premium.notifications.engine`) owns retries, failover and
-bookkeeping, because what may be retried depends on what the carrier may already have:
+One POST is one attempt; the engine (:mod:`premium.notifications.engine`) owns retries,
+failover and bookkeeping, because what may follow depends on what the carrier may already have.
+The carrier contract (README, "The carrier contract"):
+
+Definite answers, the carrier's own error body (``{"error": {"code", "message"}}``) required:
 
 - ``accepted``: a 202 (possibly with per-message rejections, possibly lacking some messages);
-- ``retryable``: the carrier answered and did not accept (429/20429, 500/50001-50999, 502,
-  503, 504): retry with backoff, or fail over;
-- ``unreachable``: the connection was never established: nothing was sent;
-- ``ambiguous``: the request may have reached the carrier (timeout, dropped connection): only
-  the same batch to the same carrier may follow, which its idempotency makes safe;
-- ``breaker_open``: the circuit breaker refused without sending;
-- ``invalid``: 400/409/422: our request is wrong; never retried.
+- ``refused``: 400/404/409/413/422: the carrier did not accept this request and never will as
+  it is (an offending message is named in the error message where the carrier says which);
+- ``rate_limited``: 429 (``20429``), with ``Retry-After`` when given;
+- ``unavailable``: 503 with the carrier's error body: it did not take the batch;
+- 401/403: :class:`CarrierAuthError` (nothing was taken);
+- ``unreachable``: the connection failed before the request was sent;
+- ``breaker_open``: our circuit breaker refused without sending.
 
-401/403 raise :class:`CarrierAuthError`. A circuit breaker (purgatory) counts retryable,
-unreachable and ambiguous outcomes.
+Everything else is ``ambiguous``: the carrier may have the batch. Timeouts, a dropped connection,
+500, 502, 504, any other status, and any non-202 answer without the carrier's error body (a
+proxy's page, an empty 503). Only the same batch, with the same batch and message ids, to the
+same carrier may follow an ambiguous answer: the carrier's idempotency makes that safe, and no
+other carrier can know what this one did.
+
+A circuit breaker (purgatory) counts ``unavailable``, ``unreachable`` and ``ambiguous`` outcomes.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import logging
 import ssl
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import aiohttp
@@ -35,13 +44,15 @@ from premium.audit import SMS_API_CALL, SMS_STATUS_POLL, AuditLog
 
 log = logging.getLogger(__name__)
 
-RETRYABLE_HTTP = frozenset({429, 500, 502, 503, 504})
+REFUSAL_HTTP = frozenset({400, 404, 409, 413, 422})
+DEFINITE_KINDS = frozenset({"accepted", "refused", "rate_limited", "unavailable", "unreachable", "breaker_open"})
 
 
 class CarrierAuthError(Exception):
-    def __init__(self, carrier: str, status: int) -> None:
+    def __init__(self, carrier: str, status: int, definite: bool = True) -> None:
         super().__init__(f"SMS carrier {carrier} refused the credentials (HTTP {status}); check its connection")
         self.status = status
+        self.definite = definite  # False: the 401/403 came without the carrier's error body (a proxy?)
 
 
 class _Counted(Exception):
@@ -54,7 +65,7 @@ class _Counted(Exception):
 
 @dataclass
 class PostResult:
-    kind: str  # accepted | retryable | unreachable | ambiguous | breaker_open | invalid
+    kind: str  # accepted | refused | rate_limited | unavailable | unreachable | breaker_open | ambiguous
     http_status: int | None = None
     error_code: str | None = None
     detail: str | None = None
@@ -101,12 +112,37 @@ class CarrierEndpoint:
         return cls(name, f"{scheme}://{host}{port}{base_path}", headers, ssl_context)
 
 
-def _error(body: bytes) -> tuple[str | None, str]:
+def carrier_error(body: bytes) -> tuple[str, str] | None:
+    """(code, message) of the carrier's own §3.2 error body, or None when the body is not one."""
     try:
-        err = orjson.loads(body).get("error") or {}
-        return (str(err["code"]) if err.get("code") is not None else None), str(err.get("message", ""))[:200]
-    except (orjson.JSONDecodeError, AttributeError, TypeError):
-        return None, "non-JSON error body"
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    err = doc.get("error") if isinstance(doc, dict) else None
+    if not isinstance(err, dict) or err.get("code") in (None, ""):
+        return None
+    return str(err["code"]), str(err.get("message", ""))[:300]
+
+
+def classify_answer(status: int, body: bytes, retry_after: str | None) -> PostResult:
+    """A non-202 answer, by the carrier contract above (401/403 are the caller's)."""
+    err = carrier_error(body)
+    if err is None:
+        return PostResult("ambiguous", status, None, f"HTTP {status} without the carrier's error body")
+    code, message = err
+    if status in REFUSAL_HTTP:
+        return PostResult("refused", status, code, message)
+    if status == 429:
+        wait = None
+        if retry_after:
+            try:
+                wait = max(0.0, float(retry_after))
+            except ValueError:
+                wait = None
+        return PostResult("rate_limited", status, code, message, wait)
+    if status == 503:
+        return PostResult("unavailable", status, code, message)
+    return PostResult("ambiguous", status, code, f"HTTP {status}: the carrier may have taken the batch")
 
 
 def parse_accepted(body: bytes, sent_ids: list[str], batch_id: str) -> PostResult:
@@ -192,7 +228,7 @@ class SmsCarrierClient:
         try:
             async with self._breaker:
                 result = await self._post(batch_id, messages, metadata)
-                if result.kind in ("retryable", "unreachable", "ambiguous"):
+                if result.kind in ("unavailable", "unreachable", "ambiguous"):
                     raise _Counted(result)
                 return result
         except _Counted as counted:
@@ -218,27 +254,20 @@ class SmsCarrierClient:
                 status = resp.status
                 payload = await resp.read()
                 retry_after = resp.headers.get("Retry-After")
-        except aiohttp.ClientConnectorError as exc:
+        except aiohttp.ClientConnectorError as exc:  # the connection was never made: nothing was sent
             self.audit.record(SMS_API_CALL, status="connection_error", duration_ms=_ms(started), **audit)
             return PostResult("unreachable", detail=f"cannot connect: {type(exc).__name__}")
         except (TimeoutError, aiohttp.ClientError) as exc:
             self.audit.record(SMS_API_CALL, status="no_answer", duration_ms=_ms(started), **audit)
             return PostResult("ambiguous", detail=f"no answer after sending: {type(exc).__name__}")
-        code, message = _error(payload) if status != 202 else (None, "")
-        self.audit.record(SMS_API_CALL, status=status, error_code=code, duration_ms=_ms(started), **audit)
         if status == 202:
+            self.audit.record(SMS_API_CALL, status=status, duration_ms=_ms(started), **audit)
             return parse_accepted(payload, [m["messageId"] for m in messages], batch_id)
+        result = classify_answer(status, payload, retry_after)
+        self.audit.record(SMS_API_CALL, status=status, error_code=result.error_code, duration_ms=_ms(started), **audit)
         if status in (401, 403):
-            raise CarrierAuthError(self.endpoint.name, status)
-        if status in RETRYABLE_HTTP:
-            wait = None
-            if retry_after:
-                try:
-                    wait = max(0.0, float(retry_after))
-                except ValueError:
-                    wait = None
-            return PostResult("retryable", status, code or str(status), message, wait)
-        return PostResult("invalid", status, code, message)
+            raise CarrierAuthError(self.endpoint.name, status, definite=result.error_code is not None)
+        return result
 
     async def get_status(self, tracking_id: str) -> tuple[int, dict[str, Any] | None]:
         """GET §3.3 status: (http status, body or None)."""
@@ -273,6 +302,63 @@ class SmsCarrierClient:
                 return status, orjson.loads(payload)
             except orjson.JSONDecodeError:
                 return status, None
+
+
+async def read_statuses(
+    items: list[tuple[str, str]],
+    clients: dict[str, SmsCarrierClient],
+    *,
+    in_flight: int,
+    max_retries: int = 0,
+    backoff_s: Any = None,
+) -> tuple[list[Any], int]:
+    """GET §3.3 for every (carrier, tracking id), ``in_flight`` at a time, each retried ``max_retries``
+    times; returns the :class:`~premium.notifications.state.StatusUpdate` list and the number unanswered."""
+    from premium.notifications.state import StatusUpdate
+
+    semaphore = asyncio.Semaphore(in_flight)
+    updates: list[StatusUpdate] = []
+    errors = 0
+
+    async def one(carrier: str, tracking_id: str) -> None:
+        nonlocal errors
+        client = clients.get(carrier)
+        if client is None:
+            errors += 1
+            return
+        async with semaphore:
+            for attempt in range(max_retries + 1):
+                try:
+                    status, body = await client.get_status(tracking_id)
+                except Exception as exc:  # noqa: BLE001 - timeouts, 5xx, open breaker: retried, then counted
+                    if attempt < max_retries:
+                        await asyncio.sleep(backoff_s(attempt + 1) if backoff_s else 0)
+                        continue
+                    errors += 1
+                    log.debug("status of %s/%s unavailable: %s", carrier, tracking_id, type(exc).__name__)
+                    return
+                break
+        if status != 200 or not isinstance(body, dict) or not body.get("status"):
+            errors += 1
+            return
+        event_at = body.get("deliveryTimestamp")
+        try:
+            parsed = datetime.fromisoformat(event_at.replace("Z", "+00:00")) if event_at else None
+        except (AttributeError, ValueError):
+            parsed = None
+        updates.append(
+            StatusUpdate(
+                carrier,
+                tracking_id,
+                str(body["status"]),
+                None if body.get("statusCode") in (None, "") else str(body["statusCode"]),
+                str(body.get("statusMessage") or "")[:200] or None,
+                parsed,
+            )
+        )
+
+    await asyncio.gather(*(one(c, t) for c, t in items))
+    return updates, errors
 
 
 def _ms(started: float) -> float:

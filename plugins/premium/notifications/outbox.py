@@ -164,58 +164,65 @@ def _next_seq(conn: psycopg.Connection, check_date: date) -> int:
 def assign_batches(
     conn: psycopg.Connection,
     campaign_id: str,
-    check_date: date,
     batch_size: int,
     correlation_id: str,
+    *,
+    now: Any = None,
 ) -> list[str]:
-    """Give every notification of the campaign that needs a message (PENDING, no current message)
-    its next attempt's message, in new batches of ``batch_size``. Returns the new batch ids."""
-    _lock(conn, check_date)
+    """Give every notification of the campaign that needs a message (PENDING, no current message, its
+    retry due at ``now``: default the database's now()) its next attempt's message, in new batches of
+    ``batch_size`` per check date (``BATCH-<the notifications' check date>-<seq>``). Returns the new batch ids."""
     rows = conn.execute(
         """
-        SELECT notification_id, customer_id, attempts, encoding, segments
+        SELECT notification_id, customer_id, attempts, encoding, segments, check_date
         FROM sms_notifications
         WHERE campaign_id = %s AND status = 'PENDING' AND current_message_id IS NULL
-        ORDER BY customer_id
+          AND (next_attempt_at IS NULL OR next_attempt_at <= coalesce(%s, now()))
+        ORDER BY check_date, customer_id
         FOR UPDATE
         """,
-        (campaign_id,),
+        (campaign_id, now),
     ).fetchall()
     if not rows:
         return []
-    seq = _next_seq(conn, check_date)
+    by_date: dict[date, list[tuple]] = {}
+    for row in rows:
+        by_date.setdefault(row[5], []).append(row)
     batch_ids: list[str] = []
     with conn.cursor() as cur:
-        for start in range(0, len(rows), batch_size):
-            part = rows[start : start + batch_size]
-            batch_id = batch_id_for(check_date, seq)
-            cur.execute(
-                "INSERT INTO sms_batches (batch_id, campaign_id, check_date, seq, status, messages, correlation_id) "
-                "VALUES (%s, %s, %s, %s, 'PENDING', %s, %s)",
-                (batch_id, campaign_id, check_date, seq, len(part), correlation_id),
-            )
-            with cur.copy(
-                "COPY sms_messages (message_id, notification_id, campaign_id, customer_id, attempt, batch_id, status, "
-                "encoding, segments, correlation_id) FROM STDIN"
-            ) as copy:
-                for notification_id, customer_id, attempts, encoding, segments in part:
-                    attempt = attempts + 1
-                    copy.write_row(
-                        (
-                            message_id_for(campaign_id, customer_id, attempt),
-                            notification_id,
-                            campaign_id,
-                            customer_id,
-                            attempt,
-                            batch_id,
-                            "PENDING",
-                            encoding,
-                            segments,
-                            correlation_id,
+        for check_date, dated in by_date.items():
+            _lock(conn, check_date)
+            seq = _next_seq(conn, check_date)
+            for start in range(0, len(dated), batch_size):
+                part = dated[start : start + batch_size]
+                batch_id = batch_id_for(check_date, seq)
+                cur.execute(
+                    "INSERT INTO sms_batches (batch_id, campaign_id, check_date, seq, status, messages, correlation_id) "
+                    "VALUES (%s, %s, %s, %s, 'PENDING', %s, %s)",
+                    (batch_id, campaign_id, check_date, seq, len(part), correlation_id),
+                )
+                with cur.copy(
+                    "COPY sms_messages (message_id, notification_id, campaign_id, customer_id, attempt, batch_id, "
+                    "status, encoding, segments, correlation_id) FROM STDIN"
+                ) as copy:
+                    for notification_id, customer_id, attempts, encoding, segments, _date in part:
+                        attempt = attempts + 1
+                        copy.write_row(
+                            (
+                                message_id_for(campaign_id, customer_id, attempt),
+                                notification_id,
+                                campaign_id,
+                                customer_id,
+                                attempt,
+                                batch_id,
+                                "PENDING",
+                                encoding,
+                                segments,
+                                correlation_id,
+                            )
                         )
-                    )
-            batch_ids.append(batch_id)
-            seq += 1
+                batch_ids.append(batch_id)
+                seq += 1
         cur.execute(
             """
             UPDATE sms_notifications n SET attempts = m.attempt, current_message_id = m.message_id, updated_at = now()
@@ -228,14 +235,17 @@ def assign_batches(
     return batch_ids
 
 
-def split_missing(
-    conn: psycopg.Connection, batch_id: str, message_ids: list[str], check_date: date, carrier: str
+def move_to_new_batch(
+    conn: psycopg.Connection, batch_id: str, message_ids: list[str], reason: str, *, pin: bool | None = None
 ) -> str:
-    """Move messages a 202 did not mention into a new batch pinned to the same carrier.
+    """Move messages of ``batch_id`` into a new batch of the same check date; they keep their ids.
 
-    They keep their message ids: if the carrier did accept them, it answers the resubmission with
-    their existing tracking ids instead of sending again.
-    """
+    The new batch is pinned to the old one's carrier (``ambiguous``) when the old one was (or when
+    ``pin`` says so): what the carrier may have taken, only that carrier may be asked again."""
+    check_date, carrier, ambiguous = conn.execute(
+        "SELECT check_date, carrier, ambiguous FROM sms_batches WHERE batch_id = %s", (batch_id,)
+    ).fetchone()
+    pinned = ambiguous if pin is None else pin
     _lock(conn, check_date)
     seq = _next_seq(conn, check_date)
     new_id = batch_id_for(check_date, seq)
@@ -243,10 +253,10 @@ def split_missing(
         """
         INSERT INTO sms_batches (batch_id, campaign_id, check_date, seq, carrier, status, messages, ambiguous,
                                  last_error, correlation_id)
-        SELECT %s, campaign_id, %s, %s, %s, 'PENDING', %s, true, 'split from ' || batch_id, correlation_id
+        SELECT %s, campaign_id, check_date, %s, %s, 'PENDING', %s, %s, %s, correlation_id
         FROM sms_batches WHERE batch_id = %s
         """,
-        (new_id, check_date, seq, carrier, len(message_ids), batch_id),
+        (new_id, seq, carrier if pinned else None, len(message_ids), pinned, f"{reason} (from {batch_id})", batch_id),
     )
     conn.execute(
         "UPDATE sms_messages SET batch_id = %s, updated_at = now() WHERE batch_id = %s AND message_id = ANY(%s)",
@@ -256,11 +266,20 @@ def split_missing(
     return new_id
 
 
-def open_batches(conn: psycopg.Connection, campaign_id: str) -> list[tuple[str, str | None, bool, int]]:
-    """Batches of the campaign not yet accepted: (batch_id, carrier, ambiguous, post_attempts), oldest first."""
+def split_missing(conn: psycopg.Connection, batch_id: str, message_ids: list[str], carrier: str) -> str:
+    """Move messages a 202 did not mention into a new batch pinned to the same carrier.
+
+    They keep their message ids: if the carrier did accept them, it answers the resubmission with
+    their existing tracking ids instead of sending again.
+    """
+    return move_to_new_batch(conn, batch_id, message_ids, f"not in the 202 of {carrier}", pin=True)
+
+
+def open_batches(conn: psycopg.Connection, campaign_id: str) -> list[tuple[str, date, str | None, bool, Any]]:
+    """Batches of the campaign not yet accepted: (batch_id, check_date, carrier, ambiguous, not_before), oldest first."""
     return conn.execute(
         """
-        SELECT batch_id, carrier, ambiguous, post_attempts FROM sms_batches
+        SELECT batch_id, check_date, carrier, ambiguous, not_before FROM sms_batches
         WHERE campaign_id = %s AND status IN ('PENDING', 'BUFFERED')
         ORDER BY check_date, seq
         """,

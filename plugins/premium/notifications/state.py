@@ -1,7 +1,8 @@
 """Delivery state: one monotonic status per message, changed only by the database.
 
 Poll results and webhooks both go through :func:`apply_updates`. A change is applied only when
-the new status ranks above the current one (Queued/NoStatus < Sent < a final status); the
+the new status ranks above the current one (Queued/NoStatus < Sent < Failed/Undeliverable/Unconfirmed
+< Delivered: a late DELIVERED outranks an earlier FAILED, and cancels the retry it scheduled); the
 comparison happens inside the UPDATE, so a late SENT after DELIVERED, a duplicate or a replay
 changes nothing, and a poll and a webhook racing on one message end consistent whatever their
 order. Each applied change is appended to ``delivery_status_history`` and mirrored to the
@@ -24,13 +25,13 @@ CARRIER_STATUSES: dict[str, tuple[str, int]] = {
     "QUEUED": ("Queued", 10),
     "NO_STATUS": ("NoStatus", 15),
     "SENT": ("Sent", 20),
-    "DELIVERED": ("Delivered", 30),
+    "DELIVERED": ("Delivered", 35),
     "FAILED": ("Failed", 30),
     "UNDELIVERABLE": ("Undeliverable", 30),
 }
 # Not a carrier status: what expiry of the tracking window writes.
 CARRIER_STATUSES["UNCONFIRMED"] = ("Unconfirmed", 30)
-FINAL_RANK = 30
+FINAL_RANK = 30  # at or above: final (Delivered, 35, outranks the other final statuses)
 # our status -> sms_messages / sms_notifications status
 MIRROR = {
     "Queued": "QUEUED",
@@ -149,19 +150,53 @@ def apply_updates(
     return applied
 
 
+def retry_not_before(attempt: int, settings: SmsSettings) -> float:
+    """Seconds from a failure of attempt ``attempt`` to the earliest moment of the next one."""
+    return settings.retry_backoff_s * 2 ** max(0, attempt - 1)
+
+
 def _settle_notification(cur, notification_id, message_id, status, code, attempt, settings) -> str | None:
     """Mirror the message's status to its notification; for Failed, decide the retry (§3.6)."""
     retry = None
+    if status == "Delivered":
+        # A DELIVERED of a message whose failure scheduled a retry not yet sent: the customer has
+        # the SMS; the retry is cancelled (its message, if already placed in a batch that has not
+        # gone out, is withdrawn from it).
+        withdrawn = cur.execute(
+            """
+            UPDATE sms_messages m SET status = 'REJECTED', status_code = 'SUPERSEDED', updated_at = now()
+            FROM sms_notifications n, sms_batches b
+            WHERE n.notification_id = %s AND n.status = 'PENDING' AND m.notification_id = n.notification_id
+              AND m.message_id = n.current_message_id AND m.status = 'PENDING' AND m.message_id <> %s
+              AND b.batch_id = m.batch_id AND NOT b.in_flight AND NOT b.ambiguous
+            RETURNING m.message_id
+            """,
+            (notification_id, message_id),
+        ).fetchall()
+        cur.execute(
+            """
+            UPDATE sms_notifications SET status = 'DELIVERED', current_message_id = %s, next_attempt_at = NULL,
+                error_code = NULL, updated_at = now()
+            WHERE notification_id = %s AND status = 'PENDING' AND (current_message_id IS NULL OR current_message_id = ANY(%s))
+            """,
+            (message_id, notification_id, [w[0] for w in withdrawn]),
+        )
     if status == "Failed":
         if may_retry(code, attempt, settings):
             retry = "retry"
             cur.execute(
                 """
                 UPDATE sms_notifications SET status = 'PENDING', current_message_id = NULL, error_code = %s,
-                    error_detail = %s, updated_at = now()
+                    error_detail = %s, next_attempt_at = now() + make_interval(secs => %s), updated_at = now()
                 WHERE notification_id = %s AND current_message_id = %s
                 """,
-                (code, classify(code, settings).category, notification_id, message_id),
+                (
+                    code,
+                    classify(code, settings).category,
+                    retry_not_before(attempt, settings),
+                    notification_id,
+                    message_id,
+                ),
             )
         else:
             retry = "exhausted"
@@ -205,28 +240,34 @@ def register_accepted(cur: Any, carrier: str, accepted: dict[str, str]) -> None:
 def record_webhook(
     conn: psycopg.Connection, webhook_id: str, update: StatusUpdate, settings: SmsSettings
 ) -> tuple[str, list[Applied]]:
-    """Apply one verified webhook exactly once: ('replayed' | 'applied' | 'no_change' | 'unknown_tracking_id', changes)."""
+    """Apply one verified webhook of ``update.carrier`` exactly once, to that carrier's message only
+    (its delivery_status row with this tracking id; another carrier's message with the same tracking
+    id is never touched). Webhook-ids are per carrier: the same webhook-id from the two carriers is
+    two deliveries. Returns ('replayed' | 'applied' | 'no_change' | 'unknown_tracking_id', changes)."""
+    if not update.carrier:
+        raise ValueError("a webhook update must name its carrier")
     with conn.transaction():
         inserted = conn.execute(
-            "INSERT INTO webhook_events (webhook_id, tracking_id, status, outcome) VALUES (%s, %s, %s, 'no_change') "
-            "ON CONFLICT (webhook_id) DO NOTHING RETURNING webhook_id",
-            (webhook_id, update.tracking_id, update.carrier_status),
+            "INSERT INTO webhook_events (carrier, webhook_id, tracking_id, status, outcome) "
+            "VALUES (%s, %s, %s, %s, 'no_change') ON CONFLICT (carrier, webhook_id) DO NOTHING RETURNING webhook_id",
+            (update.carrier, webhook_id, update.tracking_id, update.carrier_status),
         ).fetchone()
         if inserted is None:
             return "replayed", []
         known = conn.execute(
-            "SELECT carrier FROM delivery_status WHERE tracking_id = %s", (update.tracking_id,)
-        ).fetchall()
-        if not known:
+            "SELECT 1 FROM delivery_status WHERE carrier = %s AND tracking_id = %s",
+            (update.carrier, update.tracking_id),
+        ).fetchone()
+        if known is None:
             conn.execute(
-                "UPDATE webhook_events SET outcome = 'unknown_tracking_id' WHERE webhook_id = %s", (webhook_id,)
+                "UPDATE webhook_events SET outcome = 'unknown_tracking_id' WHERE carrier = %s AND webhook_id = %s",
+                (update.carrier, webhook_id),
             )
             return "unknown_tracking_id", []
-        updates = [
-            StatusUpdate(carrier, update.tracking_id, update.carrier_status, update.status_code, None, update.event_at)
-            for (carrier,) in known
-        ]
-        applied = apply_updates(conn, updates, "webhook", settings)
+        applied = apply_updates(conn, [update], "webhook", settings)
         if applied:
-            conn.execute("UPDATE webhook_events SET outcome = 'applied' WHERE webhook_id = %s", (webhook_id,))
+            conn.execute(
+                "UPDATE webhook_events SET outcome = 'applied' WHERE carrier = %s AND webhook_id = %s",
+                (update.carrier, webhook_id),
+            )
         return ("applied" if applied else "no_change"), applied

@@ -1,4 +1,13 @@
-"""The send window (§4.2): when a check date's SMS may go out, and whether they may go at all."""
+"""The send window (§4.2): when a check date's SMS may go out, and whether they may go at all.
+
+Two rules, both enforced by the submission engine before every POST, whoever runs it:
+
+- a day's window: on a send day (not one of ``no_send_days``), from ``send_time`` to
+  ``send_window_end`` Asia/Jerusalem. Nothing is POSTed outside it: first sends, retries and
+  resubmissions alike wait for the next open window;
+- a check date's batches go out no earlier than :func:`send_after` (the morning after D): a batch
+  prepared the evening before is not sent by a tracking run that happens to be polling.
+"""
 
 from __future__ import annotations
 
@@ -27,6 +36,35 @@ def send_after(check_date: date, settings: SmsSettings) -> datetime:
         day += timedelta(days=1)
     hh, mm, ss = (int(p) for p in settings.send_time.split(":"))
     return datetime.combine(day, time(hh, mm, ss), tzinfo=LOCAL_TZ)
+
+
+def _clock(value: str) -> time:
+    hh, mm, ss = (int(p) for p in value.split(":"))
+    return time(hh, mm, ss)
+
+
+def is_open(moment: datetime, settings: SmsSettings) -> bool:
+    """Whether ``moment`` (aware) is inside a send window: a send day, between send_time and send_window_end."""
+    local = moment.astimezone(LOCAL_TZ)
+    if WEEKDAYS[local.weekday()] in settings.no_send_days:
+        return False
+    return _clock(settings.send_time) <= local.time() < _clock(settings.send_window_end)
+
+
+def next_open(moment: datetime, settings: SmsSettings) -> datetime:
+    """``moment`` itself when the window is open, else the next moment it opens."""
+    if is_open(moment, settings):
+        return moment
+    local = moment.astimezone(LOCAL_TZ)
+    day = local.date() if local.time() < _clock(settings.send_time) else local.date() + timedelta(days=1)
+    while WEEKDAYS[day.weekday()] in settings.no_send_days:
+        day += timedelta(days=1)
+    return datetime.combine(day, _clock(settings.send_time), tzinfo=LOCAL_TZ)
+
+
+def may_send(check_date: date, moment: datetime, settings: SmsSettings) -> bool:
+    """Whether a batch of ``check_date`` may be POSTed at ``moment``: its first morning has come and the window is open."""
+    return moment >= send_after(check_date, settings) and is_open(moment, settings)
 
 
 def decide_mode(check_date: date, decided_at: datetime, settings: SmsSettings, *, dry_run: bool) -> str:

@@ -92,10 +92,16 @@ Fault config (JSON)::
 
     {"latency_ms": 0,                                  # every API request (asyncio.sleep)
      "error_rates": {"429": 0, "500": 0, "503": 0},    # batch POSTs only
-     "fail_next": {"status": 503, "count": 0},         # the next `count` batch POSTs (429/500/503)
+     "fail_next": {"status": 503, "count": 0},         # the next `count` batch POSTs (429/500/502/503/504;
+                                                       # 502/504 as a gateway's page, no carrier body)
      "outage": null,                                   # or {"seconds": N} / {"until_epoch": T}: 503 for
                                                        # every batch POST and status poll
      "accept_then_drop_rate": 0.0, "omit_rate": 0.0,
+     "commit_then": {"status": 504, "count": 0},      # the next `count` new batches are accepted (sent),
+                                                       # then answered 500 (carrier body), 502/504 (a
+                                                       # gateway's HTML page) or 0: connection dropped
+     "refuse": {"message_ids": [], "status": 422},     # a batch holding one of these is refused with
+                                                       # the carrier's error body naming the message
      "time_scale": 1.0}                                # default: --time-scale; for messages accepted later
 
 Usage::
@@ -150,7 +156,7 @@ PRIORITIES = ("HIGH", "NORMAL", "LOW")
 BATCH_FIELDS = ("batchId", "messages", "metadata")
 MESSAGE_FIELDS = ("messageId", "phoneNumber", "content", "priority", "callbackUrl")
 METADATA_FIELDS = ("campaignId", "correlationId")
-FAULT_STATUSES = (429, 500, 503)
+FAULT_STATUSES = (429, 500, 502, 503, 504)
 _MESSAGE_KEYS = frozenset(MESSAGE_FIELDS)
 _PRIORITY_SET = frozenset(PRIORITIES)
 
@@ -262,6 +268,8 @@ def default_faults(time_scale: float = 1.0) -> dict[str, Any]:
         "outage": None,
         "accept_then_drop_rate": 0.0,
         "omit_rate": 0.0,
+        "commit_then": {"status": 504, "count": 0},
+        "refuse": {"message_ids": [], "status": 422},
         "time_scale": time_scale,
     }
 
@@ -279,6 +287,10 @@ class Faults:
     drop_rate: float
     omit_rate: float
     time_scale: float
+    commit_status: int
+    commit_count: int
+    refuse_ids: frozenset
+    refuse_status: int
 
 
 def _number(value: Any, name: str, *, hi: float | None = None) -> int | float:
@@ -336,6 +348,23 @@ def parse_faults(raw: Any, default_time_scale: float = 1.0, now: float | None = 
             outage_until = now + float(_number(outage["seconds"], "outage.seconds"))
         outage = {**outage, "until_epoch": outage_until}
 
+    ct = cfg["commit_then"]
+    if not isinstance(ct, dict) or set(ct) - {"status", "count"}:
+        raise ValueError('commit_then must be {"status": 500|502|504|0, "count": int} (0: drop the connection)')
+    commit_status = ct.get("status", 504)
+    if commit_status not in (0, 500, 502, 504):
+        raise ValueError("commit_then.status must be 500, 502, 504 or 0 (drop the connection)")
+    commit_count = ct.get("count", 0)
+    if isinstance(commit_count, bool) or not isinstance(commit_count, int) or commit_count < 0:
+        raise ValueError("commit_then.count must be a non-negative integer")
+    refuse = cfg["refuse"]
+    if not isinstance(refuse, dict) or set(refuse) - {"message_ids", "status"}:
+        raise ValueError('refuse must be {"message_ids": [..], "status": 400|404|409|413|422}')
+    refuse_ids = refuse.get("message_ids", [])
+    refuse_status = refuse.get("status", 422)
+    if not isinstance(refuse_ids, list) or refuse_status not in (400, 404, 409, 413, 422):
+        raise ValueError('refuse must be {"message_ids": [..], "status": 400|404|409|413|422}')
+
     config = {
         "latency_ms": _number(cfg["latency_ms"], "latency_ms"),
         "error_rates": {str(k): v for k, v in sorted(rates.items())},
@@ -343,6 +372,8 @@ def parse_faults(raw: Any, default_time_scale: float = 1.0, now: float | None = 
         "outage": outage,
         "accept_then_drop_rate": _number(cfg["accept_then_drop_rate"], "accept_then_drop_rate", hi=1.0),
         "omit_rate": _number(cfg["omit_rate"], "omit_rate", hi=1.0),
+        "commit_then": {"status": commit_status, "count": commit_count},
+        "refuse": {"message_ids": list(refuse_ids), "status": refuse_status},
         "time_scale": _number(cfg["time_scale"], "time_scale"),
     }
     return Faults(
@@ -355,6 +386,10 @@ def parse_faults(raw: Any, default_time_scale: float = 1.0, now: float | None = 
         drop_rate=float(config["accept_then_drop_rate"]),
         omit_rate=float(config["omit_rate"]),
         time_scale=float(config["time_scale"]),
+        commit_status=commit_status,
+        commit_count=commit_count,
+        refuse_ids=frozenset(str(i) for i in refuse_ids),
+        refuse_status=refuse_status,
     )
 
 
@@ -464,6 +499,7 @@ class SmsCarrierSimulator:
         self.default_time_scale = time_scale
         self.faults = faults or parse_faults({}, time_scale)
         self._fail_remaining = self.faults.fail_count
+        self._commit_remaining = self.faults.commit_count
         self.sent_after_s = sent_after_s
         self.final_after_s = final_after_s
         self.callback_concurrency = callback_concurrency
@@ -545,6 +581,11 @@ class SmsCarrierSimulator:
             return _json(429, error_body("20429", "Rate limit exceeded"), {"Retry-After": "1"})
         if status == 500:
             return _json(500, error_body(provider_error_code(batch_id, n), "Provider error"))
+        if status in (502, 504):  # a gateway in front of the carrier: no carrier error body
+            reason = "Bad Gateway" if status == 502 else "Gateway Timeout"
+            return web.Response(
+                status=status, text=f"<html><body>{status} {reason}</body></html>", content_type="text/html"
+            )
         return _json(503, error_body("503", "Network unavailable"))
 
     # -- batch submission (hot path) ---------------------------------------------------------
@@ -588,6 +629,12 @@ class SmsCarrierSimulator:
             if hash_unit(f"{status}|{batch_id}|{n}") < rate:
                 return self._fault_response(status, batch_id, n), None
 
+        if f.refuse_ids:
+            for i, m in enumerate(body["messages"]):
+                if m["messageId"] in f.refuse_ids:
+                    detail = f"messages[{i}] (messageId '{m['messageId']}'): refused by the carrier"
+                    return _json(f.refuse_status, error_body("INVALID_REQUEST", detail)), None
+
         stored = self._batches.get(batch_id)
         if stored is not None:
             self.batches_replayed += 1
@@ -596,6 +643,13 @@ class SmsCarrierSimulator:
 
         raw = orjson.dumps(self._accept(body, f))
         self._batches[batch_id] = raw
+        if self._commit_remaining > 0:  # committed, then the answer is lost or an error
+            self._commit_remaining -= 1
+            if f.commit_status == 0:
+                if request.transport is not None:
+                    request.transport.close()
+                return web.Response(status=202), "dropped"
+            return self._fault_response(f.commit_status, batch_id, n), f"committed_{f.commit_status}"
         if f.drop_rate and hash_unit(f"drop|{batch_id}|{n}") < f.drop_rate:
             log.info("batch %s accepted, dropping the connection", batch_id)
             if request.transport is not None:
@@ -830,6 +884,7 @@ class SmsCarrierSimulator:
     def faults_config(self) -> dict[str, Any]:
         cfg = dict(self.faults.config)
         cfg["fail_next"] = {"status": self.faults.fail_status, "count": self._fail_remaining}
+        cfg["commit_then"] = {"status": self.faults.commit_status, "count": self._commit_remaining}
         return cfg
 
     async def get_faults(self, request: web.Request) -> web.Response:
@@ -842,6 +897,7 @@ class SmsCarrierSimulator:
             return _json(400, error_body("INVALID_REQUEST", f"invalid fault config: {exc}"))
         self.faults = faults
         self._fail_remaining = faults.fail_count
+        self._commit_remaining = faults.commit_count
         log.info("fault config set: %s", faults.config)
         return _json(200, self.faults_config())
 

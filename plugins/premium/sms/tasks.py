@@ -174,7 +174,7 @@ def _prepare_outbox(context: Any, check_date: Any, settings: SmsSettings) -> Non
         created = outbox.write_outbox(
             conn, check_date, campaign_id, correlation_id, run_id, keyring=keyring, renderer=renderer
         )
-        batch_ids = outbox.assign_batches(conn, campaign_id, check_date, settings.batch_size, correlation_id)
+        batch_ids = outbox.assign_batches(conn, campaign_id, settings.batch_size, correlation_id)
         invalid = 0
         if created:  # numbers found not to be mobiles while preparing: never sent, escalated like a 21211
             invalid = conn.execute(
@@ -212,6 +212,7 @@ def submit(context: Any) -> dict[str, Any]:
     from premium.connections import get_connection, premium_db_kwargs
     from premium.crypto import PiiKeyring
     from premium.notifications.carrier import CarrierAuthError, CarrierEndpoint
+    from premium.notifications.engine import escalate
     from premium.notifications.engine import submit as run_submission
     from premium.notifications.window import SEND, campaign_id_for
 
@@ -237,10 +238,20 @@ def submit(context: Any) -> dict[str, Any]:
     _record_run(conninfo, check_date, status="SUBMITTING")
     try:
         summary = run_submission(
-            conninfo, campaign_id, check_date, settings, endpoints, PiiKeyring.from_connection(), correlation_id
+            conninfo,
+            campaign_id,
+            settings,
+            endpoints,
+            PiiKeyring.from_connection(),
+            correlation_id,
+            holder=f"submit_sms_batches:{run_id}",
         )
     except CarrierAuthError as exc:
         raise SmsCarrierCredentialsRejected(str(exc)) from exc
+    if summary.lease_busy:
+        raise SmsBatchesBuffered(
+            f"another submitter of {campaign_id} held its lease for {settings.lease_wait_s:.0f}s; the next attempt sends"
+        )
     counts = summary.as_dict()
     log.info("submission of %s: %s", campaign_id, counts)
     with psycopg.connect(**conninfo) as conn:
@@ -253,7 +264,9 @@ def submit(context: Any) -> dict[str, Any]:
             )
         ]
         buffered = conn.execute(
-            "SELECT count(*) FROM sms_batches WHERE campaign_id = %s AND status = 'BUFFERED'", (campaign_id,)
+            "SELECT count(*) FROM sms_batches WHERE campaign_id = %s AND status IN ('PENDING', 'BUFFERED') "
+            "AND check_date <= %s",
+            (campaign_id, check_date),
         ).fetchone()[0]
     _record_run(
         conninfo,
@@ -265,8 +278,14 @@ def submit(context: Any) -> dict[str, Any]:
         buffered=buffered,
         status="DONE" if not buffered else "SUBMITTING",
     )
-    _escalate(summary, campaign_id, check_date, context)
-    if buffered and context["ti"].try_number <= context["task"].retries:
+    escalate(summary, campaign_id, check_date, {**_alert_ids(context), "task_id": "submit_sms_batches"})
+    if summary.window_closed and buffered:
+        log.warning(
+            "the send window closed with %d batches unsent: they stay in the outbox and delivery tracking sends "
+            "them in the next window",
+            buffered,
+        )
+    if buffered and not summary.window_closed and context["ti"].try_number <= context["task"].retries:
         raise SmsBatchesBuffered(
             f"{buffered} batches not accepted by any carrier yet (buffered); the next attempt sends them"
         )
@@ -286,38 +305,5 @@ def submit(context: Any) -> dict[str, Any]:
     return counts
 
 
-def _escalate(summary: Any, campaign_id: str, check_date: Any, context: Any) -> None:
-    from premium.alerts import raise_alert
-
-    ids = {"dag_id": context["dag"].dag_id, "run_id": context["dag_run"].run_id, "task_id": "submit_sms_batches"}
-    if summary.undeliverable:
-        raise_alert(
-            "sms_undeliverable_numbers",
-            f"{campaign_id}: {summary.undeliverable} messages rejected as invalid numbers (21211)",
-            severity="warning",
-            details={"check_date": str(check_date), "count": summary.undeliverable},
-            **ids,
-        )
-    if summary.retries_exhausted:
-        raise_alert(
-            "sms_retry_exhaustion",
-            f"{campaign_id}: {summary.retries_exhausted} messages failed with no retry left",
-            details={"check_date": str(check_date), "count": summary.retries_exhausted},
-            **ids,
-        )
-    if summary.failed_over_batches:
-        raise_alert(
-            "sms_carrier_failover",
-            f"{campaign_id}: {summary.failed_over_batches} batches failed over to the secondary carrier",
-            severity="warning",
-            details={"check_date": str(check_date)},
-            **ids,
-        )
-    if summary.buffered_batches:
-        raise_alert(
-            "sms_batches_buffered",
-            f"{campaign_id}: {summary.buffered_batches} batches buffered (carrier unavailable)",
-            severity="warning",
-            details={"check_date": str(check_date)},
-            **ids,
-        )
+def _alert_ids(context: Any) -> dict[str, str]:
+    return {"dag_id": context["dag"].dag_id, "run_id": context["dag_run"].run_id}

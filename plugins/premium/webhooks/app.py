@@ -2,7 +2,7 @@
 
 ``plugins/premium_webhooks_plugin.py`` mounts :data:`app` at ``/premium``::
 
-    POST /premium/api/webhooks/sms-delivery
+    POST /premium/api/webhooks/sms-delivery/{carrier}          carrier: primary | secondary
         200 {"status": "processed"}                            applied, no change (late/duplicate status)
                                                                or a replayed webhook-id (no second effect)
         202 {"status": "ignored", "reason": "unknown trackingId"}   recorded in webhook_events only
@@ -10,14 +10,27 @@
         401 {"detail": "missing webhook-signature header" | "webhook timestamp too old" | …}
         413 {"detail": "body too large"}
         422 {"detail": "invalid payload: trackingId: Field required", "errors": [{"field", "message"}]}
+        404 {"detail": "unknown carrier: …"}                   any other carrier name
         503 {"detail": "webhook secret not configured"}        (also "webhook secret unavailable",
                                                                "temporarily unavailable" for the DB)
+
+    POST /premium/api/webhooks/sms-delivery                    410 {"detail": "…"} naming the routes above
+                                                               (the route without a carrier is retired)
+
+Carrier identity: the route names the carrier, the signature proves it — a callback is verified
+against that carrier's secrets only (connection ``sms_carrier_webhook`` for the primary,
+``sms_carrier_secondary_webhook`` for the secondary) and applied only to that carrier's message
+with the tracking id; webhook-ids are per carrier (a replay is a replay on the same carrier).
 
 Order: body (size-capped) → secrets → signature over the raw bytes → parse → record. Nothing is
 parsed before the signature is verified and nothing is written unless it is authentic and valid.
 The blocking part (secrets backend, settings, PostgreSQL) runs in Starlette's thread pool so the
-API server's event loop is never blocked. Logs carry the webhook-id, tracking id, status and
-outcome only — never the body or the phone number.
+API server's event loop is never blocked. Logs carry the carrier, webhook-id, tracking id,
+status and outcome only — never the body or the phone number.
+
+Database: the process's psycopg_pool pool of :func:`premium.db.pool` (application name
+``premium-webhooks``); a connection is checked before it is lent, so one the server closed while
+idle is replaced rather than handed out.
 """
 
 from __future__ import annotations
@@ -25,8 +38,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Generator, Mapping
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Mapping
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -36,9 +49,11 @@ from starlette.concurrency import run_in_threadpool
 from premium.audit import WEBHOOK_RECEIVED, AuditLog, write_events
 from premium.cache import Expiring
 from premium.webhooks.verify import (
+    CARRIERS,
+    WEBHOOK_CONN_IDS,
+    CarrierSecrets,
     NotConfigured,
     PayloadError,
-    SecretStore,
     SecretsUnavailable,
     SignatureError,
     parse_payload,
@@ -47,110 +62,30 @@ from premium.webhooks.verify import (
 
 log = logging.getLogger(__name__)
 
-ROUTE = "/api/webhooks/sms-delivery"
+ROUTE = "/api/webhooks/sms-delivery"  # retired (410): the base of the per-carrier routes
+CARRIER_ROUTE = ROUTE + "/{carrier}"
 MAX_BODY_BYTES = 64 * 1024  # a §3.5 callback is ~200 bytes
-DB_POOL_SIZE = 10  # connections per API server worker
-DB_POOL_TIMEOUT_S = 10.0
+DB_POOL_TIMEOUT_S = 10.0  # waiting for a pooled connection longer than this: 503 (the carrier retries)
+DB_CONNECT_TIMEOUT_S = 5
 SETTINGS_TTL_S = 60.0
+CONNINFO_TTL_S = 60.0
 
 PROCESSED = {"status": "processed"}
 IGNORED = {"status": "ignored", "reason": "unknown trackingId"}
+_ROUTES = " and ".join(f"/premium{ROUTE}/{c}" for c in CARRIERS)
+GONE = {"detail": f"this route is retired: each carrier posts its delivery callbacks to its own route ({_ROUTES})"}
+UNKNOWN_CARRIER = {"detail": f"unknown carrier: delivery callbacks go to {_ROUTES}"}
 
 
-class PoolTimeout(Exception):
-    """No database connection became free in time."""
-
-
-class ConnectionPool:
-    """A small, thread-safe pool of autocommit psycopg connections to the application DB.
-
-    ``conninfo`` (e.g. :func:`premium.connections.premium_db_kwargs`) is resolved on first use and
-    again after a failed connect. A connection is reused only when the block using it ended
-    without an exception and the connection is idle; idle ones older than ``max_idle_s`` are closed.
-    """
-
-    def __init__(
-        self,
-        conninfo: Callable[[], dict[str, Any]],
-        size: int = DB_POOL_SIZE,
-        timeout: float = DB_POOL_TIMEOUT_S,
-        max_idle_s: float = 300.0,
-    ) -> None:
-        self._conninfo_factory = conninfo
-        self._conninfo: dict[str, Any] | None = None
-        self._slots = threading.BoundedSemaphore(size)
-        self._timeout = timeout
-        self._max_idle_s = max_idle_s
-        self._lock = threading.Lock()
-        self._idle: list[tuple[Any, float]] = []
-
-    @contextmanager
-    def connection(self) -> Generator[Any]:
-        if not self._slots.acquire(timeout=self._timeout):
-            raise PoolTimeout(f"no database connection free within {self._timeout:.0f}s")
-        try:
-            conn = self._checkout()
-        except BaseException:
-            self._slots.release()
-            raise
-        reusable = False
-        try:
-            yield conn
-            reusable = True
-        finally:
-            self._checkin(conn, reusable)
-            self._slots.release()
-
-    def _checkout(self) -> Any:
-        import psycopg
-
-        now = time.monotonic()
-        while True:
-            with self._lock:
-                if not self._idle:
-                    break
-                conn, since = self._idle.pop()
-            if not conn.closed and now - since < self._max_idle_s:
-                return conn
-            _close_quietly(conn)
-        with self._lock:
-            if self._conninfo is None:
-                self._conninfo = {**self._conninfo_factory(), "application_name": "premium-webhooks"}
-            conninfo = self._conninfo
-        try:
-            return psycopg.connect(**conninfo, autocommit=True)
-        except psycopg.OperationalError:
-            with self._lock:
-                self._conninfo = None  # the connection may have changed: ask again next time
-            raise
-
-    def _checkin(self, conn: Any, reusable: bool) -> None:
-        from psycopg.pq import TransactionStatus
-
-        if reusable and not conn.closed and conn.info.transaction_status == TransactionStatus.IDLE:
-            with self._lock:
-                self._idle.append((conn, time.monotonic()))
-        else:
-            _close_quietly(conn)
-
-    def close(self) -> None:
-        with self._lock:
-            idle, self._idle = self._idle, []
-        for conn, _ in idle:
-            _close_quietly(conn)
-
-
-def _close_quietly(conn: Any) -> None:
-    try:
-        conn.close()
-    except Exception:  # noqa: BLE001 - a broken connection may fail to close; it is dropped either way
-        pass
+def carrier_route(carrier: str) -> str:
+    """The path (under the app's mount point) of ``carrier``'s callbacks."""
+    return f"{ROUTE}/{carrier}"
 
 
 def _premium_db_kwargs() -> dict[str, Any]:
     from premium.connections import premium_db_kwargs
 
-    return premium_db_kwargs()
+    return {**premium_db_kwargs(), "application_name": "premium-webhooks", "connect_timeout": DB_CONNECT_TIMEOUT_S}
 
 
 def _load_sms_settings() -> Any:
@@ -159,65 +94,107 @@ def _load_sms_settings() -> Any:
     return load_sms()
 
 
-SECRETS = SecretStore()
+SECRETS = CarrierSecrets()
 SETTINGS = Expiring(_load_sms_settings, SETTINGS_TTL_S)
-POOL = ConnectionPool(_premium_db_kwargs)
+CONNINFO = Expiring(_premium_db_kwargs, CONNINFO_TTL_S)  # connection premium_db, not looked up per request
+_pools: set[Any] = set()  # the pools this app lent connections from (closed with the app)
+_pools_lock = threading.Lock()
+
+
+def _pool() -> Any:
+    """The process's psycopg_pool pool for the application DB (:func:`premium.db.pool`)."""
+    from premium import db
+
+    found = db.pool(CONNINFO.get())
+    with _pools_lock:
+        _pools.add(found)
+    return found
+
+
+def _close_pools() -> None:
+    with _pools_lock:
+        pools = list(_pools)
+        _pools.clear()
+    for p in pools:
+        p.close()
 
 
 def record(webhook_id: str, update: Any, settings: Any) -> str:
     """Apply the verified callback once; the outcome of :func:`premium.notifications.state.record_webhook`.
 
-    One retry on a lost connection (e.g. a pooled connection the server closed): record_webhook
-    runs in one transaction and is idempotent per webhook-id, so a retry never applies twice."""
+    The pool checks a connection before lending it (one the server closed while idle is replaced);
+    a connection lost during the transaction (a failover, a network cut) gets one retry on a fresh
+    connection: record_webhook runs in one transaction and is idempotent per (carrier, webhook-id),
+    so a retry never applies twice. No free connection within DB_POOL_TIMEOUT_S raises
+    psycopg_pool.PoolTimeout at once (no retry: the carrier retries the 503)."""
     import psycopg
+    from psycopg_pool import PoolTimeout
 
     from premium.notifications.state import record_webhook
 
     for attempt in (1, 2):
         try:
-            with POOL.connection() as conn:
+            with _pool().connection(timeout=DB_POOL_TIMEOUT_S) as conn:
                 outcome, _ = record_webhook(conn, webhook_id, update, settings)
                 return outcome
+        except PoolTimeout:
+            CONNINFO.clear()  # the database may have moved: resolve connection premium_db again
+            raise
         except psycopg.OperationalError:
             if attempt == 2:
+                CONNINFO.clear()
                 raise
-            log.warning("webhook %s: database connection lost, retrying once", webhook_id)
+            log.warning("%s webhook %s: database connection lost, retrying once", update.carrier, webhook_id)
     raise AssertionError("unreachable")
 
 
-def handle(headers: Mapping[str, str], body: bytes) -> tuple[int, dict[str, Any]]:
-    """The whole callback, synchronously: (HTTP status, JSON body)."""
+def handle(carrier: str, headers: Mapping[str, str], body: bytes) -> tuple[int, dict[str, Any]]:
+    """The whole callback of ``carrier`` (one of CARRIERS), synchronously: (HTTP status, JSON body)."""
     import psycopg
 
     try:
-        webhook_id = verify_signature(SECRETS.get(), headers, body)
+        webhook_id = verify_signature(SECRETS.get(carrier), headers, body)
     except NotConfigured:
-        log.error("delivery callback refused: no webhook secret configured (connection sms_carrier_webhook)")
+        log.error(
+            "%s delivery callback refused: no webhook secret configured (connection %s)",
+            carrier,
+            WEBHOOK_CONN_IDS[carrier],
+        )
         return 503, {"detail": "webhook secret not configured"}
     except SecretsUnavailable:
         return 503, {"detail": "webhook secret unavailable"}
     except SignatureError as exc:
-        log.warning("delivery callback rejected (webhook-id %.80r): %s", headers.get("webhook-id"), exc)
+        log.warning("%s delivery callback rejected (webhook-id %.80r): %s", carrier, headers.get("webhook-id"), exc)
         return 401, {"detail": str(exc)}
     try:
         callback = parse_payload(body)
     except PayloadError as exc:
-        log.warning("webhook %s: invalid payload (%d, fields %s)", webhook_id, exc.status_code, exc.fields or "-")
+        log.warning(
+            "%s webhook %s: invalid payload (%d, fields %s)", carrier, webhook_id, exc.status_code, exc.fields or "-"
+        )
         return exc.status_code, exc.body()
     try:
         settings = SETTINGS.get()  # the retry decision of a FAILED status depends on them (§3.6)
     except ValueError as exc:  # SettingsError, or a Variable that is not JSON
-        log.error("webhook %s: SMS settings unusable (%s): not recorded", webhook_id, exc)
+        log.error("%s webhook %s: SMS settings unusable (%s): not recorded", carrier, webhook_id, exc)
         return 503, {"detail": "temporarily unavailable"}
     try:
-        outcome = record(webhook_id, callback.to_update(), settings)
-    except (psycopg.Error, PoolTimeout) as exc:
-        log.error("webhook %s tracking %s: not recorded (%s)", webhook_id, callback.tracking_id, type(exc).__name__)
+        outcome = record(webhook_id, callback.to_update(carrier), settings)
+    except psycopg.Error as exc:  # psycopg_pool.PoolTimeout is one too
+        log.error(
+            "%s webhook %s tracking %s: not recorded (%s)",
+            carrier,
+            webhook_id,
+            callback.tracking_id,
+            type(exc).__name__,
+        )
         return 503, {"detail": "temporarily unavailable"}
     except Exception:  # e.g. connection premium_db missing: the carrier retries a 503 (nothing was committed)
-        log.exception("webhook %s tracking %s: not recorded", webhook_id, callback.tracking_id)
+        log.exception("%s webhook %s tracking %s: not recorded", carrier, webhook_id, callback.tracking_id)
         return 503, {"detail": "temporarily unavailable"}
-    log.info("webhook %s tracking %s status %s: %s", webhook_id, callback.tracking_id, callback.status, outcome)
+    log.info(
+        "%s webhook %s tracking %s status %s: %s", carrier, webhook_id, callback.tracking_id, callback.status, outcome
+    )
     if outcome == "unknown_tracking_id":
         return 202, IGNORED
     return 200, PROCESSED  # "applied", "no_change" and "replayed" alike
@@ -247,8 +224,8 @@ def _flush_audit() -> None:
     if not events:
         return
     try:
-        with POOL.connection() as conn, conn.transaction(), conn.cursor() as cur:
-            write_events(cur, events)
+        with _pool().connection(timeout=DB_POOL_TIMEOUT_S) as conn, conn.cursor() as cur:
+            write_events(cur, events)  # committed when the pool takes the connection back
     except Exception:  # noqa: BLE001 - the audit must not take the route down; the log says what was lost
         log.exception("could not write %d webhook audit events", len(events))
 
@@ -269,7 +246,7 @@ async def lifespan(_app: FastAPI):
     yield
     flusher.cancel()
     await run_in_threadpool(_flush_audit)
-    POOL.close()  # the Airflow API server enters the lifespan of every mounted FastAPI app
+    await run_in_threadpool(_close_pools)  # the Airflow API server enters the lifespan of every mounted app
 
 
 app = FastAPI(
@@ -281,25 +258,48 @@ app = FastAPI(
 )
 
 
-# NO Airflow authentication on this route, on purpose: the SMS carrier calls it and holds no Airflow
-# credentials. The Standard Webhooks signature, verified before anything else is done with the
-# request, is its authentication. (Airflow's auth does not apply to plugin apps by itself; do not
-# add Depends(get_user) here.)
-@app.post(ROUTE)
-async def sms_delivery(request: Request) -> JSONResponse:
-    started = time.perf_counter()
-    body = await _read_body(request)
-    if body is None:
-        status, content = 413, {"detail": "body too large"}
-    else:
-        status, content = await run_in_threadpool(handle, request.headers, body)
+def _audit(path: str, request: Request, started: float, status: int, content: dict[str, Any], **extra: Any) -> None:
     AUDIT.record(
         WEBHOOK_RECEIVED,
-        endpoint="/premium" + ROUTE,
+        endpoint="/premium" + path,
         method="POST",
         status=status,
         duration_ms=(time.perf_counter() - started) * 1000,
         webhook_id=str(request.headers.get("webhook-id", ""))[:100] or None,
         outcome=content.get("status") or content.get("detail"),
+        **extra,
     )
+
+
+# NO Airflow authentication on these routes, on purpose: the SMS carrier calls it and holds no Airflow
+# credentials. The Standard Webhooks signature, verified before anything else is done with the
+# request, is its authentication. (Airflow's auth does not apply to plugin apps by itself; do not
+# add Depends(get_user) here.)
+@app.post(CARRIER_ROUTE)
+async def sms_delivery(carrier: str, request: Request) -> JSONResponse:
+    started = time.perf_counter()
+    if carrier not in CARRIERS:
+        _audit(CARRIER_ROUTE, request, started, 404, UNKNOWN_CARRIER)  # the template: never echo the path
+        return JSONResponse(UNKNOWN_CARRIER, status_code=404)
+    body = await _read_body(request)
+    if body is None:
+        status, content = 413, {"detail": "body too large"}
+    else:
+        status, content = await run_in_threadpool(handle, carrier, request.headers, body)
+    _audit(carrier_route(carrier), request, started, status, content, carrier=carrier)
     return JSONResponse(content, status_code=status)
+
+
+@app.post(ROUTE)
+async def sms_delivery_without_carrier(request: Request) -> JSONResponse:
+    """The route of the single-carrier contract, retired: a callback must say which carrier sent it."""
+    started = time.perf_counter()
+    log.warning(
+        "delivery callback on the retired route /premium%s (webhook-id %.80r): 410; configure the carrier "
+        "with the callback URL of its own route (/premium%s/<carrier>)",
+        ROUTE,
+        request.headers.get("webhook-id"),
+        ROUTE,
+    )
+    _audit(ROUTE, request, started, 410, GONE)
+    return JSONResponse(GONE, status_code=410)

@@ -1,5 +1,10 @@
 """Delivery callbacks (§3.5): Standard Webhooks signature verification, payload parsing, secrets.
 
+Carriers: each carrier posts to its own route (``…/sms-delivery/primary``, ``…/sms-delivery/secondary``)
+and signs with its own secrets (connection ``sms_carrier_webhook`` for the primary,
+``sms_carrier_secondary_webhook`` for the secondary): a callback is verified against the secrets
+of the carrier its route names only, so one carrier can never change another carrier's message.
+
 Signature (https://www.standardwebhooks.com): headers ``webhook-id``, ``webhook-timestamp``
 (integer unix seconds) and ``webhook-signature`` (space-separated ``v1,<base64>`` entries); each
 signature is HMAC-SHA256, keyed with the secret (``whsec_<base64>``), over
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hmac
 import json
 import logging
@@ -39,8 +45,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-WEBHOOK_CONN_ID = "sms_carrier_webhook"  # password: one secret; extra {"secrets": [...]} (rotation)
-CARRIER_CONN_ID = "sms_carrier"  # fallback: extra "webhook_secret" / "webhook_secrets"
+# carrier -> connection holding its webhook secrets: password = one secret; extra {"secrets": [...]} (rotation)
+WEBHOOK_CONN_IDS = {"primary": "sms_carrier_webhook", "secondary": "sms_carrier_secondary_webhook"}
+# carrier -> its API connection; fallback: extra "webhook_secret" / "webhook_secrets" there
+CARRIER_CONN_IDS = {"primary": "sms_carrier", "secondary": "sms_carrier_secondary"}
+CARRIERS = tuple(WEBHOOK_CONN_IDS)  # the names of delivery_status.carrier
+WEBHOOK_CONN_ID = WEBHOOK_CONN_IDS["primary"]
+CARRIER_CONN_ID = CARRIER_CONN_IDS["primary"]
 SECRET_PREFIX = "whsec_"
 TOLERANCE_S = 5 * 60
 HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
@@ -133,6 +144,17 @@ def _iso_datetime(value: Any) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+def _status_code(value: Any) -> Any:
+    """A string, or a JSON integer (``50001`` as well as ``"50001"``), as a string."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float) and value.is_integer():  # 50001.0
+        return str(int(value))
+    raise ValueError("must be a string or an integer")
+
+
 class DeliveryCallback(BaseModel):
     """The §3.5 payload, minus ``phoneNumber`` (ignored on purpose, like any other extra field)."""
 
@@ -146,14 +168,18 @@ class DeliveryCallback(BaseModel):
     delivery_timestamp: Annotated[datetime | None, BeforeValidator(_iso_datetime)] = Field(
         default=None, alias="deliveryTimestamp"
     )
-    status_code: Annotated[str, StringConstraints(max_length=64)] | None = Field(default=None, alias="statusCode")
+    status_code: Annotated[Annotated[str, StringConstraints(max_length=64)] | None, BeforeValidator(_status_code)] = (
+        Field(default=None, alias="statusCode")
+    )
 
-    def to_update(self) -> StatusUpdate:
-        """The state change to record. The carrier is unknown here: record_webhook finds it by tracking id."""
+    def to_update(self, carrier: str) -> StatusUpdate:
+        """The state change to record for ``carrier``'s message (the carrier the route names)."""
         from premium.notifications.state import StatusUpdate
 
+        if carrier not in CARRIERS:
+            raise ValueError(f"unknown carrier {carrier!r}")
         return StatusUpdate(
-            carrier="",
+            carrier=carrier,
             tracking_id=self.tracking_id,
             carrier_status=self.status,
             status_code=self.status_code,
@@ -244,20 +270,22 @@ def _listed(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list | tuple) else [value]
 
 
-def secrets_from_connections(get_connection: Callable[[str], Any]) -> tuple[str, ...]:
-    """Every accepted secret: connection ``sms_carrier_webhook`` (password + extra ``secrets``), or,
-    only when that connection does not exist, extra ``webhook_secret`` / ``webhook_secrets`` of
-    connection ``sms_carrier``. Empty when none is configured."""
-    conn = _optional_connection(get_connection, WEBHOOK_CONN_ID)
+def secrets_from_connections(get_connection: Callable[[str], Any], carrier: str = "primary") -> tuple[str, ...]:
+    """Every secret accepted from ``carrier``: its webhook connection (``sms_carrier_webhook`` /
+    ``sms_carrier_secondary_webhook``: password + extra ``secrets``), or, only when that connection
+    does not exist, extra ``webhook_secret`` / ``webhook_secrets`` of the carrier's own connection
+    (``sms_carrier`` / ``sms_carrier_secondary``). Never another carrier's. Empty when none is configured."""
+    webhook_conn_id, carrier_conn_id = WEBHOOK_CONN_IDS[carrier], CARRIER_CONN_IDS[carrier]
+    conn = _optional_connection(get_connection, webhook_conn_id)
     if conn is not None:
         extra = conn.extra_dejson or {}
-        return usable_secrets([conn.password, *_listed(extra.get("secrets"))], f"connection {WEBHOOK_CONN_ID}")
-    carrier = _optional_connection(get_connection, CARRIER_CONN_ID)
-    if carrier is None:
+        return usable_secrets([conn.password, *_listed(extra.get("secrets"))], f"connection {webhook_conn_id}")
+    api_conn = _optional_connection(get_connection, carrier_conn_id)
+    if api_conn is None:
         return ()
-    extra = carrier.extra_dejson or {}
+    extra = api_conn.extra_dejson or {}
     candidates = [*_listed(extra.get("webhook_secret")), *_listed(extra.get("webhook_secrets"))]
-    return usable_secrets(candidates, f"connection {CARRIER_CONN_ID}")
+    return usable_secrets(candidates, f"connection {carrier_conn_id}")
 
 
 def _optional_connection(get_connection: Callable[[str], Any], conn_id: str) -> Any:
@@ -269,10 +297,10 @@ def _optional_connection(get_connection: Callable[[str], Any], conn_id: str) -> 
         return None
 
 
-def _default_loader() -> tuple[str, ...]:
+def _default_loader(carrier: str = "primary") -> tuple[str, ...]:
     from premium.connections import get_connection
 
-    return secrets_from_connections(get_connection)
+    return secrets_from_connections(get_connection, carrier)
 
 
 class SecretStore:
@@ -286,8 +314,10 @@ class SecretStore:
         ttl: float = SECRETS_TTL_S,
         retry: float = SECRETS_RETRY_S,
         clock: Callable[[], float] = time.monotonic,
+        label: str = "webhook",
     ) -> None:
         self._loader = loader
+        self._label = label
         self._ttl = ttl
         self._retry = retry
         self._clock = clock
@@ -305,12 +335,12 @@ class SecretStore:
                 value = tuple(self._loader())
             except Exception as exc:
                 self._expires = self._clock() + self._retry
-                log.error("cannot resolve the webhook secrets (%s)", type(exc).__name__)
+                log.error("cannot resolve the %s secrets (%s)", self._label, type(exc).__name__)
                 if self._value is None:
                     raise SecretsUnavailable("webhook secret unavailable") from exc
                 return self._value
             if value != self._value:
-                log.info("webhook secrets (re)loaded: %d accepted", len(value))
+                log.info("%s secrets (re)loaded: %d accepted", self._label, len(value))
             self._value = value
             self._expires = self._clock() + (self._ttl if value else self._retry)
             return value
@@ -318,3 +348,55 @@ class SecretStore:
     def clear(self) -> None:
         with self._lock:
             self._value, self._expires = None, float("-inf")
+
+
+class CarrierSecrets:
+    """One :class:`SecretStore` per carrier: ``get(carrier)`` is what that carrier's route accepts.
+
+    A secret configured for both carriers would let either carrier's callbacks pass as the other's;
+    it is accepted for neither (an error names the connections, never the value), so the
+    misconfiguration shows at once instead of letting one carrier change another's messages.
+    """
+
+    def __init__(
+        self,
+        loader: Callable[[str], tuple[str, ...]] = _default_loader,
+        ttl: float = SECRETS_TTL_S,
+        retry: float = SECRETS_RETRY_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._stores = {
+            c: SecretStore(functools.partial(loader, c), ttl, retry, clock, label=f"{c} carrier's webhook")
+            for c in CARRIERS
+        }
+        self._reported: dict[str, frozenset[str]] = {}
+
+    def get(self, carrier: str) -> tuple[str, ...]:
+        """``carrier``'s secrets, minus any another carrier also has; :class:`SecretsUnavailable`
+        when ``carrier``'s cannot be resolved (another carrier's lookup failing does not matter)."""
+        own = self._stores[carrier].get()
+        others: set[str] = set()
+        for other, store in self._stores.items():
+            if other != carrier:
+                try:
+                    others.update(store.get())
+                except SecretsUnavailable:
+                    pass
+        shared = frozenset(s for s in own if s in others)
+        if shared != self._reported.get(carrier, frozenset()):
+            self._reported[carrier] = shared
+            if shared:
+                log.error(
+                    "%d webhook secret(s) of %s are also configured for another carrier (%s): not accepted "
+                    "on the %s route; give each carrier its own secret",
+                    len(shared),
+                    WEBHOOK_CONN_IDS[carrier],
+                    ", ".join(WEBHOOK_CONN_IDS[o] for o in CARRIERS if o != carrier),
+                    carrier,
+                )
+        return tuple(s for s in own if s not in shared)
+
+    def clear(self) -> None:
+        for store in self._stores.values():
+            store.clear()
+        self._reported.clear()
