@@ -15,6 +15,8 @@ a backfill of 2025-11-03 checks balances as of 2025-11-03. Never the wall clock.
   `daily_balance_checks` and `balance_check_failures` in bulk.
 - `record_run` (always runs): gives every unresolved account a reason, closes the run record
   (COMPLETE / PARTIAL / SKIPPED_OUTAGE / FAILED) and publishes the `daily_balance_checks` asset.
+  A day the bank refused our credentials (401/403), skipped for an outage or with accounts not
+  reached fails here instead: the run is red, nothing below runs, one alert, no asset.
 - `qualify_customers`: qualification in SQL (`include/sql/qualify_customers.sql`) into
   `qualification_outcomes` (qualified, or the first reason why not), then every qualified
   message rendered to record template, encoding and segments; fails before anything is sent
@@ -98,6 +100,7 @@ def _optional(kind: str, description: str, **schema) -> Param:
         "sms_breaker_failures": _optional("integer", "Failures that open a carrier breaker", minimum=1),
         "sms_breaker_reset_s": _optional("number", "Seconds a carrier breaker stays open", exclusiveMinimum=0),
         "sms_failover_failure_rate": _optional("number", "Primary failure rate that triggers failover", minimum=0),
+        "sms_send_window_end": _optional("string", "Nothing is sent after HH:MM:SS Asia/Jerusalem (20:00:00)"),
     },
 )
 def premium_balance_daily():
@@ -117,7 +120,7 @@ def premium_balance_daily():
 
     @task(trigger_rule="all_done", outlets=[BALANCE_CHECKS], retries=1)
     def record_run(chunks: list):
-        """Resolve every account of the day, close the run record, publish the asset."""
+        """Resolve every account of the day, close the run record, publish the asset (or fail the day)."""
         from premium.banking import tasks
 
         return tasks.finish(chunks, get_current_context())

@@ -2,7 +2,9 @@
 
 Each day is a full run of the DAG: balance fetch, qualification, send window, submission. The
 demo's runs are treated as on time (`sms_max_lag_days` is raised), otherwise dates in the past
-would record qualification and send nothing, as a real backfill does.
+would record qualification and send nothing, as a real backfill does. The demo runs whenever it
+is started, so its send window is open at any hour on any day (the runs' params, and the
+deployment settings the tracking runs read); a deployment keeps 09:00-20:00 without Saturdays.
 
 Prints one line per day prefixed with "DEMO " (the rest is Airflow's own log).
 """
@@ -11,12 +13,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from datetime import UTC, date, datetime, timedelta
 
 import psycopg
 
 from premium.connections import premium_db_kwargs
+
+OPEN_WINDOW = {"send_time": "00:00:00", "send_window_end": "23:59:59", "no_send_days": [], "retry_backoff_s": 0}
+OPEN_WINDOW_PARAMS = {"sms_send_time": "00:00:00", "sms_send_window_end": "23:59:59", "sms_no_send_days": ""}
 
 
 def main() -> int:
@@ -30,7 +36,8 @@ def main() -> int:
     bag = DagBag()
     dag = bag.dags["premium_balance_daily"]
     tracking = bag.dags["premium_delivery_tracking"]
-    conf = {"sms_max_lag_days": 100000, **json.loads(args.conf)}
+    conf = {"sms_max_lag_days": 100000, **OPEN_WINDOW_PARAMS, **json.loads(args.conf)}
+    os.environ.setdefault("AIRFLOW_VAR_PREMIUM_SETTINGS", json.dumps({"sms": OPEN_WINDOW}))
     day = args.first
     failed = 0
     import pendulum

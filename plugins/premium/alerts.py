@@ -129,10 +129,20 @@ def _route(kind, summary, severity, details, dag_id, run_id, task_id, raised_at,
 
 
 def task_failure_alert(context: Any) -> None:
-    """``on_failure_callback`` of the project's tasks: one alert per failed task instance."""
+    """``on_failure_callback`` of the project's tasks: one alert per failed task instance, unless
+    the exception names the task that raises the alert for the whole run (``alert_raised_by``)."""
     ti = context.get("ti") or context.get("task_instance")
     dag_run = context.get("dag_run")
     exc = context.get("exception")
+    raised_by = getattr(exc, "alert_raised_by", None)
+    if raised_by:
+        log.warning(
+            "%s failed (%s); its alert is raised once for the run by %s",
+            getattr(ti, "task_id", "?"),
+            type(exc).__name__,
+            raised_by,
+        )
+        return
     kind = getattr(exc, "alert_kind", None) or "task_failed"
     raise_alert(
         kind,

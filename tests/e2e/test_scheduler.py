@@ -9,7 +9,9 @@ and does not mask). The tests share one Airflow and run in file order:
 2. a backfill of 2025-11-03..04: exactly those two runs, each checked as of its own date;
 3. a probe DAG logs the bank API key: masked in every file under AIRFLOW_HOME/logs;
 4. every run above ended in success, all stages included;
-5. no customer phone number, first name or balance in any log file or XCom.
+5. a run of 2025-11-10 with the bank refusing every call (401): the run ends failed at
+   record_run, after closing the day; qualification and sending never run; one alert;
+6. no customer phone number, first name or balance in any log file or XCom.
 
 The SMS stages as the scheduler runs them (the deferred send-window wait, the asset-triggered
 delivery tracking) are in ``test_sms_flow.py``, on an Airflow of their own: they need the job
@@ -41,6 +43,8 @@ CUSTOMERS, SEED = 150, 11
 # The scheduled run of 2025-11-18: 22:00 Asia/Jerusalem = 20:00 UTC.
 LOGICAL = datetime(2025, 11, 18, 20, 0, tzinfo=UTC)
 DAY = date(2025, 11, 18)
+REFUSED_LOGICAL = datetime(2025, 11, 10, 20, 0, tzinfo=UTC)
+REFUSED_DAY = date(2025, 11, 10)
 BACKFILL_DAYS = (date(2025, 11, 3), date(2025, 11, 4))
 BALANCE_TASKS = ("plan_chunks", "fetch_balances", "record_run")
 FAST = {"chunk_size": 40, "max_mapped_tasks": 3, "in_flight": 8, "backoff_multiplier_s": 0.001}
@@ -258,6 +262,33 @@ def test_every_run_of_the_module_succeeds(airflow) -> None:
         except StandaloneError as exc:
             failures.append(str(exc))
     assert not failures, "\n\n".join(failures)
+
+
+def test_a_day_the_bank_refuses_our_credentials_fails_the_run_before_qualification(airflow, app_db, core_bank) -> None:
+    """After the runs above (the DAG allows one active run): every call answered 401."""
+    core_bank.set_faults({"error_rates": {"401": 1.0}})
+    try:
+        run = airflow.trigger_dag(DAG_ID, logical_date=REFUSED_LOGICAL, conf=FAST)
+        airflow.wait_for_run(DAG_ID, run["dag_run_id"], timeout=240, expect="failed")
+    finally:
+        core_bank.set_faults({})
+    tis = airflow.task_instances(DAG_ID, run["dag_run_id"])
+    states: dict[str, set] = {}
+    for ti in tis:
+        states.setdefault(ti["task_id"], set()).add(ti["state"])
+    assert states["fetch_balances"] == {"failed"} and states["record_run"] == {"failed"}, states
+    for task_id in ("qualify_customers", "plan_send", "wait_for_send_window", "submit_sms_batches"):
+        assert states.get(task_id, {None}) <= {"upstream_failed", None}, (task_id, states)
+    assert _run_record(app_db, REFUSED_DAY)[0] == "FAILED"
+    with psycopg.connect(**app_db) as conn:
+        qualified = conn.execute(
+            "SELECT count(*) FROM qualification_outcomes WHERE check_date = %s", (REFUSED_DAY,)
+        ).fetchone()[0]
+        alerts = [
+            r[0] for r in conn.execute("SELECT kind FROM alerts WHERE run_id = %s ORDER BY id", (run["dag_run_id"],))
+        ]
+    assert qualified == 0
+    assert alerts == ["bank_credentials_rejected"]  # once for the day, not once per fetch task
 
 
 def test_no_customer_pii_in_task_logs_or_xcom(airflow, app_db, customers) -> None:

@@ -48,6 +48,7 @@ from premium.synthetic import generate_rows
 from tests.support import carrier as sms
 from tests.support import env
 from tests.support.bank import connection_json, expected_outcomes, load_synthetic_customers
+from tests.support.carrier import OPEN_WINDOW
 from tests.support.pii import pii_patterns
 from tests.support.standalone import AirflowStandalone, TaskSample
 
@@ -69,7 +70,7 @@ QUIET_BEFORE_TICK = timedelta(minutes=5)
 # The deployment settings the tracking run (an asset-triggered run, no conf) reads. Every wait
 # between polls lasts the full interval (see `customers`): a few seconds more than the harness's
 # margin against Airflow's stale-success race after short deferrals (tests/support/standalone.py).
-SETTINGS = {"delivery": {"poll_interval_s": 4, "window_s": 120}, "sms": {"backoff_multiplier_s": 0.001}}
+SETTINGS = {"delivery": {"poll_interval_s": 4, "window_s": 120}, "sms": {"backoff_multiplier_s": 0.001, **OPEN_WINDOW}}
 # Carrier statuses: SENT 2.5 s and final 15 s after acceptance: still open at the first poll.
 CARRIER_TIME_SCALE = "0.5"
 FINAL = {"DELIVERED", "FAILED", "UNDELIVERABLE", "UNCONFIRMED"}
@@ -185,6 +186,7 @@ def campaign(airflow, tick) -> dict:
         "sms_send_offset_days": (local.date() - day).days,
         "sms_send_time": local.strftime("%H:%M:%S"),
         "sms_no_send_days": "",  # whatever weekday the test runs on
+        "sms_send_window_end": "23:59:59",  # whatever hour it runs at
         "sms_backoff_multiplier_s": 0.001,
     }
     started = time.monotonic()

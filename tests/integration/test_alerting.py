@@ -302,7 +302,8 @@ SOURCES = {
         _task_failure("premium.banking.tasks.BankOutageSkip", "2025-11-18 marked SKIPPED_OUTAGE"),
         1,
     ),
-    "bank_credentials_rejected": (_task_failure("premium.banking.tasks.BankCredentialsRejected", "HTTP 401"), 1),
+    # raised by record_run for the day (a fetch task's BankCredentialsRejected leaves the alert to it)
+    "bank_credentials_rejected": (_task_failure("premium.banking.tasks.CredentialsRejectedDay", "HTTP 401"), 1),
     "balance_accounts_not_reached": (_task_failure("premium.banking.tasks.AccountsNotReached", "12 accounts"), 1),
     "sms_carrier_credentials_rejected": (
         _task_failure("premium.sms.tasks.SmsCarrierCredentialsRejected", "primary answered 401"),

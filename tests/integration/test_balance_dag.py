@@ -73,17 +73,80 @@ def test_daily_run_records_every_account_and_publishes_the_asset(base) -> None:
     assert recorded_outcomes(base, DAY) == before
 
 
+DOWNSTREAM = ("qualify_customers", "plan_send", "wait_for_send_window", "submit_sms_batches")
+
+
+def _qualification_rows(conninfo, day=DAY) -> int:
+    with psycopg.connect(**conninfo) as conn:
+        return conn.execute("SELECT count(*) FROM qualification_outcomes WHERE check_date = %s", (day,)).fetchone()[0]
+
+
+def _asset_events(dag_run) -> int:
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        return (
+            session.query(AssetEvent)
+            .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+            .filter(AssetModel.name == "daily_balance_checks", AssetEvent.source_run_id == dag_run.run_id)
+            .count()
+        )
+
+
+def _assert_refused_day(conninfo, dag_run, unresolved: int) -> None:
+    """The day failed at record_run after its bookkeeping; nothing downstream ran; one alert."""
+    from tests.support.airflow import task_states
+
+    states = task_states(dag_run)
+    assert str(dag_run.state) == "failed", states
+    assert set(states["fetch_balances"]) == {"failed"}
+    assert states["record_run"] == ["failed"]
+    for task_id in DOWNSTREAM:
+        assert set(states.get(task_id, ["none"])) <= {"upstream_failed", "none", "None"}, (task_id, states)
+    assert _qualification_rows(conninfo) == 0
+    assert _asset_events(dag_run) == 0
+    assert _alerts(conninfo) == ["bank_credentials_rejected"]  # once for the day, not once per fetch task
+    with psycopg.connect(**conninfo) as conn:
+        status, detail, finished = conn.execute(
+            "SELECT status, detail, finished_at IS NOT NULL FROM balance_check_runs WHERE check_date = %s", (DAY,)
+        ).fetchone()
+        reasons = conn.execute(
+            "SELECT reason, detail, count(*) FROM balance_check_failures WHERE check_date = %s "
+            "AND reason = 'not_attempted' GROUP BY 1, 2",
+            (DAY,),
+        ).fetchall()
+    assert (status, finished) == ("FAILED", True) and detail == "core banking refused the credentials (HTTP 401)"
+    assert reasons == ([("not_attempted", detail, unresolved)] if unresolved else [])
+
+
 def test_a_401_fails_the_run_loudly_and_alerts(base, bank, monkeypatch) -> None:
-    from tests.support.airflow import run_dag, task_states
+    from tests.support.airflow import run_dag
 
     monkeypatch.setenv("AIRFLOW_CONN_CORE_BANKING", connection_json(bank, api_key="revoked-key"))
     dag_run = run_dag(DAG_ID, LOGICAL, FAST)
-    assert str(dag_run.state) == "failed"
-    assert set(task_states(dag_run)["fetch_balances"]) == {"failed"}
-    assert _run_record(base)[0] == "FAILED"
-    assert "bank_credentials_rejected" in _alerts(base)
+    planned = _run_record(base)[1]
+    _assert_refused_day(base, dag_run, unresolved=planned)  # every account resolved, as not reached
+    assert recorded_outcomes(base, DAY) == {a: ("not_attempted",) for a in expected_outcomes(base, DAY)}
     # never retried: at most the requests that were in flight when the first 401 came back
     assert bank.stats()["by_status"]["401"] <= 3 * FAST["in_flight"]
+
+
+def test_a_401_on_a_rerun_of_a_fetched_date_still_fails_the_run(base, bank, monkeypatch) -> None:
+    """Every account of the date already has its check from an earlier run, so the tables alone
+    look complete: the refusal itself must fail the day."""
+    from tests.support.airflow import run_dag
+
+    dag_run = run_dag(DAG_ID, LOGICAL, {**FAST, "dry_run": True})
+    assert str(dag_run.state) == "success"
+    before = recorded_outcomes(base, DAY)
+    with psycopg.connect(**base, autocommit=True) as conn:
+        conn.execute("DELETE FROM qualification_outcomes WHERE check_date = %s", (DAY,))
+
+    bank.set_faults({"error_rates": {"401": 1.0}})  # the bank now refuses every call
+    dag_run = run_dag(DAG_ID, LOGICAL, {**FAST, "dry_run": True})
+    _assert_refused_day(base, dag_run, unresolved=0)
+    assert recorded_outcomes(base, DAY) == before  # the earlier checks stand
 
 
 def test_an_outage_past_the_threshold_skips_the_day_and_alerts(base, bank) -> None:
@@ -96,7 +159,8 @@ def test_an_outage_past_the_threshold_skips_the_day_and_alerts(base, bank) -> No
     assert _run_record(base)[0] == "SKIPPED_OUTAGE"
     assert "bank_outage_day_skipped" in _alerts(base)
     reasons = {v[0] for v in recorded_outcomes(base, DAY).values()}
-    assert reasons == {"skipped_outage"} or reasons <= {"skipped_outage", "not_found", "ok"}
+    # the accounts tried once the bank was down (in flight, the probes) used up their retries; the rest were skipped
+    assert "skipped_outage" in reasons and reasons <= {"skipped_outage", "failed_after_retries", "not_found", "ok"}
     # Later caught up by a backfill of the same date, as of that date.
     bank.set_faults({})
     dag_run = run_dag(DAG_ID, LOGICAL, FAST)

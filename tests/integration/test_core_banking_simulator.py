@@ -214,6 +214,7 @@ def test_faults_get_put_and_validation(bank: SimulatorProcess) -> None:
         "error_rates": {"400": 0, "401": 0, "404": 0, "500": 0, "503": 0},
         "fail_first": {"status": 503, "count": 0},
         "outage": None,
+        "broken_accounts": {"status": 503, "ids": [], "rate": 0.0},
         "malformed_rate": 0.0,
         "incomplete_rate": 0.0,
         "slow_rate": 0.0,
@@ -229,6 +230,8 @@ def test_faults_get_put_and_validation(bank: SimulatorProcess) -> None:
         {"error_rates": {"200": 0.1}},
         {"fail_first": {"status": 503, "count": -1}},
         {"outage": {"minutes": 1}},
+        {"broken_accounts": {"ids": "ACC-00000-00001"}},
+        {"broken_accounts": {"rate": 2}},
         {"latency_ms": "fast"},
     ):
         with pytest.raises(SimulatorError) as err:
@@ -285,6 +288,24 @@ def test_outage_window(bank: SimulatorProcess) -> None:
     assert fetch(balance_url(bank.base_url, EXISTING[2])).status == 503
     bank.set_faults({"outage": {"until_epoch": time.time() - 1}})
     assert fetch(balance_url(bank.base_url, EXISTING[2])).status == 200
+
+
+def test_broken_accounts_fail_every_call_while_the_others_answer(bank: SimulatorProcess) -> None:
+    broken, healthy = EXISTING[:2], EXISTING[2:6]
+    stored = bank.set_faults({"broken_accounts": {"ids": broken}})
+    assert stored["broken_accounts"] == {"status": 503, "ids": sorted(broken), "rate": 0.0}
+    for account in broken:
+        for date in (DAY, DAY, DAY, "2025-11-19"):  # every request, every date: no recovery
+            assert_error(fetch(balance_url(bank.base_url, account, date=date)), 503, "SERVICE_UNAVAILABLE")
+    assert {fetch(balance_url(bank.base_url, a)).status for a in healthy} == {200}
+    assert fetch(balance_url(bank.base_url, MISSING[0])).status == 404
+
+    bank.set_faults({"broken_accounts": {"status": 500, "rate": 0.3}})
+    accounts = EXISTING[:60]
+    expected = [500 if bank_model.hash_unit(f"broken|{a}") < 0.3 else 200 for a in accounts]
+    assert [fetch(balance_url(bank.base_url, a)).status for a in accounts] == expected
+    assert [fetch(balance_url(bank.base_url, a)).status for a in accounts] == expected  # persistent
+    assert 0 < expected.count(500) < len(expected)
 
 
 def test_malformed_and_incomplete_bodies(bank: SimulatorProcess) -> None:

@@ -160,6 +160,59 @@ def test_outage_shorter_than_the_threshold_is_ridden_out(customers, bank) -> Non
         )
 
 
+def _outage_marks(conninfo) -> tuple:
+    with psycopg.connect(**conninfo) as conn:
+        return conn.execute("SELECT outage_since, outage_declared_at FROM balance_check_runs").fetchone()
+
+
+# Hang guard, not a timing assertion: before the fix these runs waited for the outage threshold.
+@pytest.mark.timeout(180)
+def test_accounts_failing_on_every_call_at_a_chunk_tail_end_failed_not_an_outage(customers, bank) -> None:
+    settings = fast(breaker_failures=5, breaker_reset_s=0.2, max_retries=3, outage_threshold_s=3600.0)
+    with psycopg.connect(**customers) as conn:
+        first_chunk = [
+            r[0]
+            for r in conn.execute(
+                "SELECT account_id FROM customers WHERE status = 'ACTIVE' ORDER BY id LIMIT %s", (settings.chunk_size,)
+            )
+        ]
+    broken = first_chunk[-7:]  # the tail of chunk 1: more than breaker_failures in a row
+    bank.set_faults({"broken_accounts": {"status": 503, "ids": broken}})
+
+    _, summaries, outcome = run_day(customers, bank, settings)
+
+    assert not any(s.outage for s in summaries)
+    assert outcome.status == "PARTIAL" and outcome.failed == len(broken)
+    assert outcome.skipped_outage == 0 and outcome.not_attempted == 0
+    expected = expected_outcomes(customers, DAY)
+    expected.update({a: ("failed_after_retries",) for a in broken})
+    assert recorded_outcomes(customers, DAY) == expected
+    with psycopg.connect(**customers) as conn:
+        attempts = dict(
+            conn.execute(
+                "SELECT account_id, attempts FROM balance_check_failures "
+                "WHERE check_date = %s AND reason = 'failed_after_retries'",
+                (DAY,),
+            ).fetchall()
+        )
+    assert attempts == {a: 1 + settings.max_retries for a in broken}  # each its own budget, no more
+    assert _outage_marks(customers) == (None, None)
+
+
+@pytest.mark.timeout(180)
+def test_every_account_failing_on_every_call_is_still_an_outage(customers, bank) -> None:
+    bank.set_faults({"broken_accounts": {"status": 503, "rate": 1.0}})
+    settings = fast(breaker_failures=3, breaker_reset_s=0.2, outage_threshold_s=1.0, max_retries=1)
+    _, summaries, outcome = run_day(customers, bank, settings)
+    assert all(s.outage for s in summaries)
+    assert outcome.status == "SKIPPED_OUTAGE" and outcome.checked == 0
+    reasons = Counter(v[0] for v in recorded_outcomes(customers, DAY).values())
+    # the accounts that were tried (the probes among them) failed, the rest were skipped
+    assert reasons["skipped_outage"] > 0 and set(reasons) <= {"failed_after_retries", "skipped_outage"}
+    assert sum(reasons.values()) == outcome.planned
+    assert _outage_marks(customers)[1] is not None
+
+
 def test_a_task_that_dies_mid_chunk_and_is_retried_leaves_no_duplicates_and_no_gaps(
     customers, bank, monkeypatch
 ) -> None:

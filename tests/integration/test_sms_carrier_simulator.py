@@ -432,15 +432,18 @@ def test_faults_get_put_and_validation(sms: SimulatorProcess) -> None:
     defaults = sms.get_faults()
     assert defaults == {
         "latency_ms": 0,
-        "error_rates": {"429": 0, "500": 0, "503": 0},
+        "error_rates": {"429": 0, "500": 0, "502": 0, "503": 0, "504": 0},
         "fail_next": {"status": 503, "count": 0},
         "outage": None,
         "accept_then_drop_rate": 0.0,
         "omit_rate": 0.0,
+        "commit_then": {"status": 504, "count": 0},
+        "refuse": {"message_ids": [], "status": 422},
         "time_scale": 1.0,
     }
     stored = sms.set_faults({"error_rates": {"429": 0.5}, "time_scale": 0.1})
-    assert stored["error_rates"] == {"429": 0.5, "500": 0, "503": 0} and stored["time_scale"] == 0.1
+    assert stored["error_rates"] == {"429": 0.5, "500": 0, "502": 0, "503": 0, "504": 0}
+    assert stored["time_scale"] == 0.1
     assert sms.set_faults({}) == defaults
     for bad in (
         {"nope": 1},

@@ -1,7 +1,8 @@
 """The balance client against a scripted in-process HTTP server (real sockets, real aiohttp).
 
 Covers every row of the §2.2 error table, retry counts and backoff, the circuit breaker's
-open / half-open / close cycle, timeouts and malformed bodies.
+open / half-open / close cycle (it sees each account once: retries of an account that failed
+neither count nor probe), timeouts and malformed bodies.
 """
 
 from __future__ import annotations
@@ -58,7 +59,26 @@ class Scripted:
         return web.Response(status=status, body=body, content_type="application/json")
 
 
-async def _serve(script: Scripted):
+class ByAccount:
+    """A server answering 503 to every call for the ``broken`` accounts and 200 to the others."""
+
+    def __init__(self, *broken: str) -> None:
+        self.broken = set(broken)
+        self.requests: list[dict] = []
+
+    async def handle(self, request: web.Request) -> web.Response:
+        account_id = request.match_info["account_id"]
+        self.requests.append({"path": request.path, "account_id": account_id})
+        if account_id in self.broken:
+            return web.Response(status=503, body=b'{"error": {"code": "SERVICE_UNAVAILABLE"}}')
+        return web.Response(status=200, body=ok_body(account_id), content_type="application/json")
+
+
+def acc(n: int) -> str:
+    return f"ACC-00000-{n:05d}"
+
+
+async def _serve(script: Scripted | ByAccount):
     app = web.Application()
     app.router.add_get("/api/v1/accounts/{account_id}/balance", script.handle)
     runner = web.AppRunner(app, access_log=None)
@@ -184,14 +204,14 @@ def test_breaker_opens_after_five_failures_then_half_open_probe_closes_it() -> N
         runner, url = await _serve(script)
         try:
             async with CoreBankingClient(BankEndpoint(url, {}), settings, "c", sleep=_no_sleep) as client:
-                results = [await client.get_balance(ACC, DAY) for _ in range(5)]
+                results = [await client.get_balance(acc(n), DAY) for n in range(1, 6)]  # 5 distinct accounts
                 assert client.breaker_state == "opened"
                 with pytest.raises(BreakerOpen):
-                    await client.get_balance(ACC, DAY)  # fails fast, no request sent
+                    await client.get_balance(acc(6), DAY)  # fails fast, no request sent
                 requests_while_open = len(script.requests)
                 assert 0 < client.breaker_wait_s() <= 0.2
                 await asyncio.sleep(0.25)
-                probe = await client.get_balance(ACC, DAY)  # half-open: one probe, succeeds
+                probe = await client.get_balance(ACC, DAY)  # half-open: one probe (a fresh account), succeeds
                 return results, requests_while_open, probe, client.breaker_state, client.stats.breaker_transitions
         finally:
             await runner.cleanup()
@@ -211,16 +231,54 @@ def test_failed_half_open_probe_reopens() -> None:
         runner, url = await _serve(script)
         try:
             async with CoreBankingClient(BankEndpoint(url, {}), settings, "c", sleep=_no_sleep) as client:
-                for _ in range(2):
-                    await client.get_balance(ACC, DAY)
+                for n in (1, 2):
+                    await client.get_balance(acc(n), DAY)
                 await asyncio.sleep(0.15)
-                await client.get_balance(ACC, DAY)  # the probe fails
+                await client.get_balance(acc(3), DAY)  # the probe (a fresh account) fails
                 return client.breaker_state, client.stats.breaker_transitions
         finally:
             await runner.cleanup()
 
     state, transitions = asyncio.run(main())
     assert state == "opened" and transitions == ["opened", "half-opened", "opened"]
+
+
+def test_retries_of_one_failing_account_neither_open_the_breaker_nor_stop_at_it() -> None:
+    script = Scripted((503, b'{"error": {"code": "SERVICE_UNAVAILABLE"}}', 0))
+    result, client = run_calls(script, _settings(max_retries=6, breaker_failures=2), [ACC])
+    assert isinstance(result, BalanceResult) and result.outcome == "failed_after_retries"
+    assert result.attempts == 7 and len(script.requests) == 7  # its whole budget, no more
+    assert client.breaker_state == "closed" and client.stats.breaker_transitions == []
+
+
+def test_an_account_that_already_failed_is_never_the_half_open_probe() -> None:
+    """Two accounts failing on every call open the breaker (2 distinct failures); once it may
+    half-open, another call for one of them goes around the breaker (sent, failed, breaker left
+    open) and the probe is the next fresh account, which closes it."""
+    server = ByAccount(acc(1), acc(2))
+    settings = _settings(max_retries=1, breaker_failures=2, breaker_reset_s=0.1)
+
+    async def main():
+        runner, url = await _serve(server)
+        try:
+            async with CoreBankingClient(BankEndpoint(url, {}), settings, "c", sleep=_no_sleep) as client:
+                first = [await client.get_balance(acc(n), DAY) for n in (1, 2)]
+                assert client.breaker_state == "opened"
+                await asyncio.sleep(0.15)
+                again = await client.get_balance(acc(1), DAY)
+                state_after_retry = client.breaker_state
+                probe = await client.get_balance(acc(3), DAY)
+                return first, again, state_after_retry, probe, client
+        finally:
+            await runner.cleanup()
+
+    first, again, state_after_retry, probe, client = asyncio.run(main())
+    assert [r.outcome for r in first] == ["failed_after_retries"] * 2 and [r.attempts for r in first] == [2, 2]
+    assert again.outcome == "failed_after_retries" and again.attempts == 2  # sent: not held back, not a probe
+    assert state_after_retry == "opened"
+    assert probe.ok and client.breaker_state == "closed"
+    assert client.stats.breaker_transitions == ["opened", "half-opened", "closed"]
+    assert [r["account_id"] for r in server.requests] == [acc(1)] * 2 + [acc(2)] * 2 + [acc(1)] * 2 + [acc(3)]
 
 
 @pytest.mark.parametrize(

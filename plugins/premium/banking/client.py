@@ -2,9 +2,23 @@
 
 ``GET /api/v1/accounts/{accountId}/balance?asOfDate=…&asOfTime=…`` with ``X-Correlation-Id``,
 a per-request timeout, retries with exponential backoff (tenacity) on timeouts, connection
-errors, 408, 429, 500, 502, 503 and 504, and a circuit breaker (purgatory) that opens after
-``breaker_failures`` consecutive failures and lets a single probe through once its reset time has
-passed. Requests share one pooled keep-alive connector; the caller bounds how many are in flight.
+errors, 408, 429, 500, 502, 503 and 504, and a circuit breaker (purgatory). Requests share one
+pooled keep-alive connector; the caller bounds how many are in flight.
+
+The breaker judges the bank, not an account, so it sees each account once. Only an account that
+has not failed yet with this client (in practice: its first attempt) goes through the breaker: it
+counts towards opening it, it is refused while it is open, and it is what the half-open probe is
+made of. Once an account has failed, its retries go around the breaker: they neither count nor
+probe, and they are bounded by the account's own budget (``1 + max_retries`` attempts with
+backoff), after which it is ``failed_after_retries``. So the breaker opens after
+``breaker_failures`` consecutive failures of *distinct* accounts, and a half-open probe is always
+an account not yet tried. A handful of accounts that fail on every call (at the tail of a chunk,
+say) therefore end ``failed_after_retries`` within their backoff, and each of them can fail at
+most one probe (one ``breaker_reset_s`` pause), instead of keeping the breaker open by failing
+every probe until the outage threshold; a real outage (every account failing) still keeps it
+open, since every probe is a fresh account that fails. The price: while the breaker is open,
+accounts already in their retries finish them (at most ``in_flight`` accounts, with backoff)
+rather than wait.
 
 Outcomes per account are values, not exceptions (:class:`BalanceResult`): a 404, a 400 or a
 malformed body is recorded and the run goes on. Two conditions are exceptions, because they are
@@ -81,6 +95,11 @@ class BalanceResult:
     @property
     def ok(self) -> bool:
         return self.outcome == "ok"
+
+    @property
+    def bank_available(self) -> bool:
+        """The bank gave a definite answer (anything but exhausted retries): evidence it is available."""
+        return self.outcome != "failed_after_retries"
 
 
 @dataclass
@@ -191,6 +210,7 @@ class CoreBankingClient:
         self._sleep = sleep
         self._session: aiohttp.ClientSession | None = None
         self._probe_lock = asyncio.Lock()
+        self._failed_accounts: set[str] = set()  # accounts that failed once: outside the breaker from then on
         self._breakers = AsyncCircuitBreakerFactory(
             default_threshold=settings.breaker_failures,
             default_ttl=settings.breaker_reset_s,
@@ -254,6 +274,16 @@ class CoreBankingClient:
             self.stats.breaker_transitions.append(event.state)
             (log.warning if event.state != "closed" else log.info)("%s", message)
 
+    async def _attempt(self, account_id: str, as_of: date, attempts: list[int]) -> tuple[int, bytes]:
+        """One request: through the breaker for an account that has not failed yet, around it after."""
+        if account_id in self._failed_accounts:
+            return await self._request(account_id, as_of, attempts)
+        try:
+            return await self._guarded(account_id, as_of, attempts)
+        except _Retryable:
+            self._failed_accounts.add(account_id)
+            raise
+
     async def _guarded(self, account_id: str, as_of: date, attempts: list[int]) -> tuple[int, bytes]:
         if self._breaker.context.state != "closed":
             # Open or half-open: one probe at a time; the others wait for its verdict.
@@ -316,11 +346,15 @@ class CoreBankingClient:
         return status, body
 
     async def get_balance(self, account_id: str, as_of: date) -> BalanceResult:
-        """The bank's answer for one account; raises only BankAuthError and BreakerOpen."""
+        """The bank's answer for one account; raises only BankAuthError and BreakerOpen.
+
+        BreakerOpen comes only before anything was sent for the account (its first attempt found
+        the breaker open): calling again later starts it afresh, with its whole retry budget.
+        """
         attempts = [0]
         try:
             try:
-                status, body = await self._guarded(account_id, as_of, attempts)
+                status, body = await self._attempt(account_id, as_of, attempts)
             except _Retryable as first:
                 if self.settings.max_retries == 0:
                     raise
@@ -332,7 +366,7 @@ class CoreBankingClient:
                     self.settings.backoff_s(1),
                 )
                 await self._sleep(self.settings.backoff_s(1))
-                status, body = await self._retrying.copy()(self._guarded, account_id, as_of, attempts)
+                status, body = await self._retrying.copy()(self._attempt, account_id, as_of, attempts)
         except _Retryable as exc:
             return BalanceResult(account_id, "failed_after_retries", attempts[0], exc.status, exc.detail)
         made = attempts[0]

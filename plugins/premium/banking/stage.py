@@ -8,7 +8,9 @@
   over one pooled client, and a writer upserts each chunk of results in bulk (COPY into a
   session staging table, then one INSERT … ON CONFLICT) while the workers keep going.
 - :func:`finish_run` gives every unresolved account of the day a reason, counts the outcome
-  from the tables and closes the run record: COMPLETE, PARTIAL, SKIPPED_OUTAGE or FAILED.
+  from the tables and closes the run record: COMPLETE, PARTIAL, SKIPPED_OUTAGE or FAILED. A day on
+  which the bank refused our credentials is FAILED whatever the tables hold (a rerun of a date
+  fetched before still has its earlier checks), with the reason in the record's ``detail``.
 
 Idempotent throughout: rows are keyed on (account, check date), so a retried task, a cleared
 run or a backfill of the same date converges to one row per account with the latest values.
@@ -16,6 +18,12 @@ run or a backfill of the same date converges to one row per account with the lat
 Outage (§7.1): when the breaker is open, workers wait for it to let a probe through. The moment
 the bank became unavailable is kept in the run record (shared by all fetch tasks of the date);
 once it is older than ``outage_threshold_s`` the day is declared an outage and the tasks stop.
+Only a definite answer about an account (a balance, 404, 400, an invalid body) proves the bank
+available and resets that clock; an account that ends ``failed_after_retries`` does not. The
+breaker sees each account once (see :mod:`premium.banking.client`): a few accounts that fail on
+every call end ``failed_after_retries`` after their retries, and since the half-open probe is
+always an account not tried yet, they cannot hold the breaker open until the threshold; a real
+outage, where every probe fails, still reaches it.
 """
 
 from __future__ import annotations
@@ -424,7 +432,7 @@ async def fetch_range(
                         break
                     except BreakerOpen:
                         await monitor.wait_for_bank()
-                if result.http_status is not None:
+                if result.bank_available:
                     await monitor.bank_answered()
                 if result.ok and result.customer_id != customer_id:
                     result = _customer_mismatch(result, customer_id)
@@ -544,6 +552,7 @@ class RunOutcome:
     correlation_id: str
     started_at: Any = None
     finished_at: Any = None
+    credentials_rejected: int | None = None  # the HTTP status (401/403) a fetch task of the run got
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -553,8 +562,19 @@ class RunOutcome:
         return d
 
 
-def finish_run(conninfo: dict[str, Any], check_date: date, descriptors: Sequence[ChunkDescriptor]) -> RunOutcome:
-    """Resolve every account of the date, count, and close the run record."""
+def finish_run(
+    conninfo: dict[str, Any],
+    check_date: date,
+    descriptors: Sequence[ChunkDescriptor],
+    *,
+    credentials_rejected: int | None = None,
+) -> RunOutcome:
+    """Resolve every account of the date, count, and close the run record.
+
+    ``credentials_rejected``: the HTTP status (401/403) with which the bank refused a fetch task
+    of this run, if one did. The day is then FAILED (before any outage: the credentials are what
+    needs fixing), and the accounts no task reached are ``not_attempted`` with that as the detail.
+    """
     with psycopg.connect(**conninfo) as conn:
         run = conn.execute(
             "SELECT correlation_id, accounts_planned, outage_declared_at IS NOT NULL FROM balance_check_runs "
@@ -564,13 +584,22 @@ def finish_run(conninfo: dict[str, Any], check_date: date, descriptors: Sequence
         if run is None:
             raise RuntimeError(f"no run record for {check_date}: plan_chunks did not run for this date")
         correlation_id, planned, outage = run
+        refused = (
+            f"core banking refused the credentials (HTTP {credentials_rejected})" if credentials_rejected else None
+        )
+        if refused:
+            reason, detail = "not_attempted", refused
+        elif outage:
+            reason, detail = "skipped_outage", "bank outage past threshold"
+        else:
+            reason, detail = "not_attempted", "fetch task did not reach the account"
         if descriptors:
             conn.execute(
                 read_sql("record_unresolved_accounts.sql"),
                 {
                     "check_date": check_date,
-                    "reason": "skipped_outage" if outage else "not_attempted",
-                    "detail": "bank outage past threshold" if outage else "fetch task did not reach the account",
+                    "reason": reason,
+                    "detail": detail,
                     "correlation_id": correlation_id,
                     "id_lo": min(d.id_lo for d in descriptors),
                     "id_hi": max(d.id_hi for d in descriptors),
@@ -579,7 +608,9 @@ def finish_run(conninfo: dict[str, Any], check_date: date, descriptors: Sequence
         checked, passing, skipped, failed, skipped_outage, not_attempted = conn.execute(
             read_sql("summarise_balance_run.sql"), {"check_date": check_date}
         ).fetchone()
-        if outage:
+        if refused:
+            status = "FAILED"
+        elif outage:
             status = "SKIPPED_OUTAGE"
         elif not_attempted:
             status = "FAILED"
@@ -590,10 +621,10 @@ def finish_run(conninfo: dict[str, Any], check_date: date, descriptors: Sequence
         started_at, finished_at = conn.execute(
             """
             UPDATE balance_check_runs SET status = %s, accounts_checked = %s, accounts_passing = %s,
-                accounts_skipped = %s, accounts_failed = %s, finished_at = now()
+                accounts_skipped = %s, accounts_failed = %s, detail = %s, finished_at = now()
             WHERE check_date = %s RETURNING started_at, finished_at
             """,
-            (status, checked, passing, skipped + skipped_outage, failed + not_attempted, check_date),
+            (status, checked, passing, skipped + skipped_outage, failed + not_attempted, refused, check_date),
         ).fetchone()
     return RunOutcome(
         check_date,
@@ -608,4 +639,5 @@ def finish_run(conninfo: dict[str, Any], check_date: date, descriptors: Sequence
         correlation_id,
         started_at,
         finished_at,
+        credentials_rejected,
     )

@@ -25,6 +25,8 @@ Fault config (JSON)::
      "fail_first": {"status": 503, "count": 0},  # first `count` requests per (account, asOfDate)
      "outage": null,                       # or {"seconds": N} (from when it is set) or
                                            # {"until_epoch": T}: every balance request → 503
+     "broken_accounts": {"status": 503, "ids": [], "rate": 0.0},  # these accounts answer `status`
+                                           # to every request, every date (persistent per account)
      "malformed_rate": 0.0,                # 200 with a truncated, non-JSON body
      "incomplete_rate": 0.0,               # 200 with valid JSON lacking balance.amount
      "slow_rate": 0.0, "slow_ms": 35000}   # sleep slow_ms before answering
@@ -32,11 +34,14 @@ Fault config (JSON)::
 Decisions are deterministic: ``n`` is the number of earlier requests for the same
 (accountId, asOfDate) since start or the last reset (0 for the first), and a rate fires iff
 ``bank_model.hash_unit(f"{kind}|{accountId}|{asOfDate}|{n}") < rate`` with kind ``slow``,
-``"400"``.. (error statuses, ascending), ``malformed``, ``incomplete``.
+``"400"``.. (error statuses, ascending), ``malformed``, ``incomplete``. ``broken_accounts`` is the
+exception, by design independent of ``n`` and of the date: an account is broken iff its id is in
+``ids`` or ``bank_model.hash_unit(f"broken|{accountId}") < rate``, and then every request for it
+answers ``status`` (a handful of accounts failing persistently while the bank answers the rest).
 
 Order for a balance request: latency → auth (401) → validation (400; not counted in ``n``) →
-slow → outage (503) → fail_first (``n < count``) → error_rates (first hit wins) → 404 if the
-account does not exist → malformed → incomplete → 200.
+slow → outage (503) → broken_accounts → fail_first (``n < count``) → error_rates (first hit
+wins) → 404 if the account does not exist → malformed → incomplete → 200.
 
 Auth (§2.3), chosen at start: ``--auth none|api_key|bearer`` with the secret from the env var
 named by ``--secret-env`` (header ``X-API-Key: <secret>`` or ``Authorization: Bearer <secret>``);
@@ -93,6 +98,7 @@ def default_faults() -> dict[str, Any]:
         "error_rates": {"400": 0, "401": 0, "404": 0, "500": 0, "503": 0},
         "fail_first": {"status": 503, "count": 0},
         "outage": None,
+        "broken_accounts": {"status": 503, "ids": [], "rate": 0.0},
         "malformed_rate": 0.0,
         "incomplete_rate": 0.0,
         "slow_rate": 0.0,
@@ -110,6 +116,9 @@ class Faults:
     fail_status: int
     fail_count: int
     outage_until: float | None
+    broken_status: int
+    broken_ids: frozenset[str]
+    broken_rate: float
     malformed_rate: float
     incomplete_rate: float
     slow_rate: float
@@ -171,11 +180,21 @@ def parse_faults(raw: Any, now: float | None = None) -> Faults:
             outage_until = now + float(_number(outage["seconds"], "outage.seconds"))
         outage = {**outage, "until_epoch": outage_until}
 
+    broken = cfg["broken_accounts"]
+    if not isinstance(broken, dict) or set(broken) - {"status", "ids", "rate"}:
+        raise ValueError('broken_accounts must be {"status": int, "ids": [account ids], "rate": 0..1}')
+    broken_status = _status(broken.get("status", 503), "broken_accounts.status")
+    broken_ids = broken.get("ids", [])
+    if not isinstance(broken_ids, list) or not all(isinstance(a, str) for a in broken_ids):
+        raise ValueError("broken_accounts.ids must be a list of account ids")
+    broken_rate = _number(broken.get("rate", 0.0), "broken_accounts.rate", hi=1.0)
+
     config = {
         "latency_ms": _number(cfg["latency_ms"], "latency_ms"),
         "error_rates": {str(k): v for k, v in sorted(rates.items())},
         "fail_first": {"status": fail_status, "count": fail_count},
         "outage": outage,
+        "broken_accounts": {"status": broken_status, "ids": sorted(set(broken_ids)), "rate": broken_rate},
         "malformed_rate": _number(cfg["malformed_rate"], "malformed_rate", hi=1.0),
         "incomplete_rate": _number(cfg["incomplete_rate"], "incomplete_rate", hi=1.0),
         "slow_rate": _number(cfg["slow_rate"], "slow_rate", hi=1.0),
@@ -188,6 +207,9 @@ def parse_faults(raw: Any, now: float | None = None) -> Faults:
         fail_status=fail_status,
         fail_count=fail_count,
         outage_until=outage_until,
+        broken_status=broken_status,
+        broken_ids=frozenset(broken_ids),
+        broken_rate=float(broken_rate),
         malformed_rate=config["malformed_rate"],
         incomplete_rate=config["incomplete_rate"],
         slow_rate=config["slow_rate"],
@@ -301,6 +323,8 @@ class CoreBankingSimulator:
             await asyncio.sleep(f.slow_s)
         if f.outage_until is not None and time.time() < f.outage_until:
             return self._error(503, headers)
+        if account_id in f.broken_ids or (f.broken_rate and u("broken|" + account_id) < f.broken_rate):
+            return self._error(f.broken_status, headers)
         if n < f.fail_count:
             return self._error(f.fail_status, headers)
         for status, rate in f.error_rates:

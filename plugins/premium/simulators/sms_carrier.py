@@ -97,9 +97,10 @@ Fault config (JSON)::
      "outage": null,                                   # or {"seconds": N} / {"until_epoch": T}: 503 for
                                                        # every batch POST and status poll
      "accept_then_drop_rate": 0.0, "omit_rate": 0.0,
-     "commit_then": {"status": 504, "count": 0},      # the next `count` new batches are accepted (sent),
-                                                       # then answered 500 (carrier body), 502/504 (a
-                                                       # gateway's HTML page) or 0: connection dropped
+     "commit_then": {"status": 504, "count": 0},      # the next `count` batch POSTs are accepted (or
+                                                       # replayed: nothing sent twice), then answered 500
+                                                       # (carrier body), 502/504 (a gateway's HTML page)
+                                                       # or 0: the connection dropped
      "refuse": {"message_ids": [], "status": 422},     # a batch holding one of these is refused with
                                                        # the carrier's error body naming the message
      "time_scale": 1.0}                                # default: --time-scale; for messages accepted later
@@ -639,18 +640,18 @@ class SmsCarrierSimulator:
         if stored is not None:
             self.batches_replayed += 1
             self.duplicates_ignored += len(body["messages"])
-            return _raw_json(202, stored), None
-
-        raw = orjson.dumps(self._accept(body, f))
-        self._batches[batch_id] = raw
-        if self._commit_remaining > 0:  # committed, then the answer is lost or an error
+            raw = stored
+        else:
+            raw = orjson.dumps(self._accept(body, f))
+            self._batches[batch_id] = raw
+        if self._commit_remaining > 0:  # committed (now or before), then the answer is lost or an error
             self._commit_remaining -= 1
             if f.commit_status == 0:
                 if request.transport is not None:
                     request.transport.close()
                 return web.Response(status=202), "dropped"
             return self._fault_response(f.commit_status, batch_id, n), f"committed_{f.commit_status}"
-        if f.drop_rate and hash_unit(f"drop|{batch_id}|{n}") < f.drop_rate:
+        if stored is None and f.drop_rate and hash_unit(f"drop|{batch_id}|{n}") < f.drop_rate:
             log.info("batch %s accepted, dropping the connection", batch_id)
             if request.transport is not None:
                 request.transport.close()  # the response below is never written
