@@ -251,12 +251,13 @@ def _task_failure(exc_path: str, message: str):
 
 
 def _sms_escalation():
-    from premium.sms.tasks import _escalate
+    from premium.notifications.engine import SubmitSummary, escalate
 
-    summary = SimpleNamespace(undeliverable=2, retries_exhausted=1, failed_over_batches=1, buffered_batches=1)
-    _escalate(
-        summary, "premium-monthly-nov-2025", "2025-11-18", _context("premium_balance_daily", "submit_sms_batches")
+    summary = SubmitSummary(
+        undeliverable=2, retries_exhausted=1, failed_over_batches=1, buffered_batches=1, refused_batches=1
     )
+    ids = {"dag_id": "premium_balance_daily", "run_id": "manual__1", "task_id": "submit_sms_batches"}
+    escalate(summary, "premium-monthly-nov-2025", "2025-11-18", ids)
 
 
 def _deadline():
@@ -311,7 +312,7 @@ SOURCES = {
     ),
     "sms_template_over_segment_limit": (_task_failure("premium.sms.tasks.SmsSegmentLimit", "4 segments"), 1),
     "task_failed": (_task_failure("builtins.RuntimeError", "boom"), 1),
-    "sms_escalation": (_sms_escalation, 4),  # undeliverable numbers, retry exhaustion, failover, buffered
+    "sms_escalation": (_sms_escalation, 5),  # undeliverable numbers, retry exhaustion, refusal, failover, buffered
     "deadline_missed": (_deadline, 1),
     "thresholds": (_thresholds, 7),  # the six §6.1 thresholds and the §7.2 outage signal
 }
@@ -328,6 +329,7 @@ def test_every_alert_of_the_project_reaches_both_sinks(sinks, app_db, source) ->
         assert kinds == [
             "sms_undeliverable_numbers",
             "sms_retry_exhaustion",
+            "sms_batch_refused",
             "sms_carrier_failover",
             "sms_batches_buffered",
         ]

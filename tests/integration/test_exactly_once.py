@@ -378,11 +378,8 @@ def test_messages_moved_out_of_a_partial_202_are_followed_by_tracking(prepared, 
     assert left == 0, "a message moved to a new batch was never followed to a final state"
 
 
-def test_racing_submitters_with_the_primary_failing_part_way_send_each_customer_once(prepared, carriers) -> None:
-    """The daily submission, two tracking runs and a manual run, four processes on one campaign."""
-    conninfo, qualified = prepared
-    primary, secondary = carriers
-    primary.set_faults({"fail_next": {"status": 503, "count": 1}, "latency_ms": 150})
+def race(conninfo, primary, secondary) -> list[dict]:
+    """The daily submission, two tracking runs and a manual run: four engine processes on one campaign."""
     eps = {
         "primary": [primary.base_url, env.TEST_SMS_API_KEY],
         "secondary": [secondary.base_url, env.TEST_SMS_SECONDARY_API_KEY],
@@ -414,8 +411,102 @@ def test_racing_submitters_with_the_primary_failing_part_way_send_each_customer_
         out, err = p.communicate(timeout=300)
         assert p.returncode == 0, err[-2000:]
         results.append(json.loads(out.strip().splitlines()[-1]))
+    return results
+
+
+def test_racing_submitters_with_the_primary_failing_part_way_send_each_customer_once(prepared, carriers) -> None:
+    """Four submitters race on the first sends, then again on the retries of the failures the first
+    poll found, the primary failing over part-way each time."""
+    conninfo, qualified = prepared
+    primary, secondary = carriers
+    primary.set_faults({"fail_next": {"status": 503, "count": 1}, "latency_ms": 150})
+    results = race(conninfo, primary, secondary)
     assert sum(1 for r in results if r["post_attempts"]) >= 1
+    assert_at_most_one_reached(primary, secondary)
+    assert "PENDING" not in notification_statuses(conninfo)
+    time.sleep(0.5)  # every message final at its carrier: the model fails some, retryably
+    with psycopg.connect(**conninfo) as conn:
+        batches = [r[0] for r in conn.execute("SELECT batch_id FROM sms_batches")]
+    register(conninfo, "track-race", CAMPAIGN, batches, DeliverySettings(request_timeout_s=2), [D])
+    with psycopg.connect(**conninfo) as conn:
+        run = load_run(conn, "track-race")
+    poll_once(
+        conninfo,
+        run,
+        DeliverySettings(request_timeout_s=2),
+        SmsSettings(**FAST),
+        endpoints(primary, secondary),
+        lambda c: 0,
+    )
+    assert notification_statuses(conninfo)["PENDING"] > 0, "no retryable failure to race on"
+    primary.set_faults({"fail_next": {"status": 503, "count": 1}, "latency_ms": 150})
+    race(conninfo, primary, secondary)
     assert_at_most_one_reached(primary, secondary)
     statuses = notification_statuses(conninfo)
     assert "PENDING" not in statuses, statuses
     assert sum(statuses.values()) == qualified
+
+
+def test_a_retry_waits_its_backoff_and_a_status_read_again_can_settle_it(prepared, carriers) -> None:
+    """A FAILED (50001) of a message the carrier in truth delivered: the retry is not sent before its
+    backoff, and when it falls due the status read just before it finds DELIVERED: no second SMS."""
+    conninfo, _ = prepared
+    primary, _ = carriers
+    settings = SmsSettings(**{**FAST, "retry_backoff_s": 600})
+    clock = window_clock(settings)
+    submit(conninfo, CAMPAIGN, settings, endpoints(primary), KEYRING, CORR, clock=clock)
+    with psycopg.connect(**conninfo) as conn:
+        queued = conn.execute("SELECT tracking_id FROM sms_messages WHERE status = 'QUEUED' ORDER BY 1").fetchall()
+    time.sleep(0.5)  # the simulator settles a message 0.3 s after acceptance
+    delivered = next(t for (t,) in queued if carrier_status(primary, t) == "DELIVERED")
+    with psycopg.connect(**conninfo) as conn:
+        applied = apply_updates(conn, [StatusUpdate("primary", delivered, "FAILED", "50001")], "poll", settings)
+    assert [a.retry for a in applied] == ["retry"]
+    posts = primary.stats()["batches_received"]
+    early = submit(conninfo, CAMPAIGN, settings, endpoints(primary), KEYRING, CORR, clock=clock)
+    assert early.post_attempts == 0 and primary.stats()["batches_received"] == posts, "retried before its backoff"
+    later = submit(
+        conninfo, CAMPAIGN, settings, endpoints(primary), KEYRING, CORR, clock=lambda: clock() + timedelta(seconds=601)
+    )
+    assert later.settled_before_retry == 1 and later.post_attempts == 0
+    with psycopg.connect(**conninfo) as conn:
+        status = conn.execute(
+            "SELECT n.status FROM sms_notifications n JOIN sms_messages m ON m.message_id = n.current_message_id "
+            "WHERE m.tracking_id = %s",
+            (delivered,),
+        ).fetchone()[0]
+    assert status == "DELIVERED"
+
+
+def test_a_tracking_poll_at_night_or_on_saturday_sends_no_retry_and_the_next_window_does(prepared, carriers) -> None:
+    conninfo, _ = prepared
+    primary, _ = carriers
+    settings = SmsSettings(**FAST)
+    submit(conninfo, CAMPAIGN, settings, endpoints(primary), KEYRING, CORR, clock=window_clock(settings))
+    time.sleep(0.5)  # every message final at the simulator; the carrier model fails some, retryably
+    with psycopg.connect(**conninfo) as conn:
+        batches = [r[0] for r in conn.execute("SELECT batch_id FROM sms_batches")]
+    tracking = DeliverySettings(poll_interval_s=0.2, window_s=600, request_timeout_s=2, backoff_multiplier_s=0.001)
+    register(conninfo, "track-night", CAMPAIGN, batches, tracking, [D])
+    real = datetime.now(UTC).astimezone(LOCAL)
+    tomorrow = real.date() + timedelta(days=1)
+    saturday = tomorrow + timedelta(days=(5 - tomorrow.weekday()) % 7)
+    nights = [_local(tomorrow, 23), _local(tomorrow + timedelta(days=1), 3), _local(saturday, 11)]
+    for moment in [*nights, None]:
+        moment = moment or window_clock(settings)()  # the next window, after the night polls
+        posts = primary.stats()["batches_received"]
+        with psycopg.connect(**conninfo) as conn:
+            run = load_run(conn, "track-night")
+
+        def resubmit(campaign_id: str, m: datetime = moment) -> int:
+            return submit(
+                conninfo, campaign_id, settings, endpoints(primary), KEYRING, CORR, clock=lambda: m, wait_s=0
+            ).messages_accepted
+
+        poll_once(conninfo, run, tracking, settings, endpoints(primary), resubmit)
+        sent = primary.stats()["batches_received"] - posts
+        if moment in nights:
+            assert sent == 0, f"a retry went out at {moment.isoformat()}"
+    assert sent >= 1, "the retries did not go out in the next window"
+    with psycopg.connect(**conninfo) as conn:
+        assert conn.execute("SELECT count(*) FROM sms_messages WHERE attempt = 2").fetchone()[0] >= 1

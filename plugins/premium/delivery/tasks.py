@@ -166,6 +166,13 @@ def finalize(context: Any) -> dict[str, Any]:
             details=counts,
             **ids,
         )
+    if counts.get("never_sent"):
+        raise_alert(
+            "sms_unsent_at_window_end",
+            f"{run.campaign_id}: {counts['never_sent']} retries were not sent before the tracking window closed",
+            details=counts,
+            **ids,
+        )
     if counts.get("failed"):
         raise_alert(
             "sms_retry_exhaustion",
