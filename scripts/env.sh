@@ -20,7 +20,7 @@ export AIRFLOW_CONN_PREMIUM_DB="postgresql://$PREMIUM_PG_USER@$PREMIUM_PG_HOST:$
 mkdir -p "$AIRFLOW_HOME" "$PREMIUM_STATE_DIR"
 
 # Local secrets, generated on first use and kept outside git (.airflow/ is ignored). A deployment
-# gets these from its secrets backend instead (see README, "Secrets").
+# gets these from its secrets backend instead (see docs/security.md).
 PREMIUM_SECRETS_FILE="${PREMIUM_SECRETS_FILE:-$AIRFLOW_HOME/secrets.env}"
 touch "$PREMIUM_SECRETS_FILE" && chmod 600 "$PREMIUM_SECRETS_FILE"
 _premium_secret() {  # NAME COMMAND...: append NAME=<output of COMMAND> unless the file has it

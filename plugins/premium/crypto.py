@@ -72,7 +72,7 @@ def normalise_phone_for_hash(phone: str) -> str:
 
     E.164 when ``phonenumbers`` parses it (default region IL) as a possible number, so
     ``050-1234567``, ``0501234567``, ``+972 50 123 4567`` and ``972501234567`` all give
-    ``+972501234567``; otherwise the digits, keeping a leading ``+``.
+    an E.164 number such as ``+9725XXXXXXXX``; otherwise the digits, keeping a leading ``+``.
     """
     text = phone.strip()
     try:

@@ -2,7 +2,7 @@
 
 One POST is one attempt; the engine (:mod:`premium.notifications.engine`) owns retries,
 failover and bookkeeping, because what may follow depends on what the carrier may already have.
-The carrier contract (README, "The carrier contract"):
+The carrier contract (docs/pipeline.md, "The carrier contract"):
 
 Definite answers, the carrier's own error body (``{"error": {"code", "message"}}``) required:
 
