@@ -100,7 +100,6 @@ def _optional(kind: str, description: str, **schema) -> Param:
         "sms_breaker_failures": _optional("integer", "Failures that open a carrier breaker", minimum=1),
         "sms_breaker_reset_s": _optional("number", "Seconds a carrier breaker stays open", exclusiveMinimum=0),
         "sms_failover_failure_rate": _optional("number", "Primary failure rate that triggers failover", minimum=0),
-        "sms_send_window_end": _optional("string", "Nothing is sent after HH:MM:SS Asia/Jerusalem (20:00:00)"),
     },
 )
 def premium_balance_daily():

@@ -41,6 +41,7 @@ from purgatory.domain.model import OpenedState
 
 from premium import tls
 from premium.audit import SMS_API_CALL, SMS_STATUS_POLL, AuditLog
+from premium.notifications.state import StatusUpdate
 
 log = logging.getLogger(__name__)
 
@@ -311,11 +312,9 @@ async def read_statuses(
     in_flight: int,
     max_retries: int = 0,
     backoff_s: Any = None,
-) -> tuple[list[Any], int]:
+) -> tuple[list[StatusUpdate], int]:
     """GET §3.3 for every (carrier, tracking id), ``in_flight`` at a time, each retried ``max_retries``
     times; returns the :class:`~premium.notifications.state.StatusUpdate` list and the number unanswered."""
-    from premium.notifications.state import StatusUpdate
-
     semaphore = asyncio.Semaphore(in_flight)
     updates: list[StatusUpdate] = []
     errors = 0

@@ -34,10 +34,6 @@ class LeaseLost(RuntimeError):
     """This engine's lease of the campaign was taken over: it must stop and record nothing."""
 
 
-class LeaseBusy(RuntimeError):
-    """Another engine holds the campaign's lease."""
-
-
 def holder_name(label: str) -> str:
     """A holder id unique to this process and call: ``<label>@<host>:<pid>:<random>``."""
     return f"{label}@{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"[:200]
@@ -78,16 +74,6 @@ class CampaignLease:
             if time.monotonic() >= deadline:
                 return False
             time.sleep(min(1.0, max(0.05, self.ttl_s / 10), max(0.0, deadline - time.monotonic())))
-
-    def holder_now(self, conn: psycopg.Connection) -> tuple[str, float] | None:
-        """(holder, seconds until expiry) of the current lease, if any."""
-        row = conn.execute(
-            "SELECT holder, extract(epoch FROM expires_at - now())::float8 FROM sms_campaign_leases "
-            "WHERE campaign_id = %s",
-            (self.campaign_id,),
-        ).fetchone()
-        conn.commit()
-        return (row[0], row[1]) if row else None
 
     def renew(self, conn: psycopg.Connection) -> None:
         row = conn.execute(
