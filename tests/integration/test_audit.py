@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import re
+import time
 from datetime import date
 
 import psycopg
 import pytest
 
+from premium.audit import BANKING_API_CALL, AuditLog, AuditWriter, copy_to_db
 from premium.banking import stage
 from premium.notifications import outbox
 from premium.notifications.engine import submit
@@ -102,3 +105,73 @@ def test_decisions_and_sends_are_queryable_by_customer_and_correlation_id(db, ap
     assert by_corr == created + summary.messages_accepted + summary.messages_rejected
     assert posts == summary.post_attempts
     assert "+972" not in details  # no phone numbers in the trail
+
+
+# -- the audit writer: its own connection, apart from the work ------------------------------------
+
+
+def _record(audit: AuditLog, n: int, start: int = 0) -> None:
+    for i in range(start, start + n):
+        audit.record(BANKING_API_CALL, endpoint=f"/e/{i}", method="GET", status=200, duration_ms=1.0)
+
+
+def _endpoints(db) -> list[str]:
+    return [r[0] for r in db.execute("SELECT event_data->>'endpoint' FROM system_events ORDER BY 1")]
+
+
+def _until(condition, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+
+
+def test_a_full_buffer_is_written_without_waiting_for_the_tick(db, app_db) -> None:
+    audit = AuditLog()
+    with AuditWriter(audit, app_db, interval_s=3600, flush_at=20) as writer:
+        _record(audit, 19)
+        _record(audit, 1, start=19)  # the 20th wakes the writer
+        _until(lambda: writer.written == 20, "the writer did not write a full buffer")
+        assert len(_endpoints(db)) == 20  # committed on its own, while the work goes on
+    assert writer.written == 20 and writer.failures == 0
+
+
+def test_a_failed_write_is_kept_and_written_on_the_next_tick(db, app_db, caplog) -> None:
+    audit = AuditLog()
+    calls = {"n": 0}
+
+    def sink(events):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise psycopg.OperationalError("the server closed the connection")
+        copy_to_db(app_db, events)
+
+    with AuditWriter(audit, sink=sink, interval_s=0.05) as writer:
+        _record(audit, 30)
+        _until(lambda: writer.written == 30, "the events of the failed write were not written again")
+        _record(audit, 5, start=30)
+    assert writer.failures == 1 and writer.written == 35
+    assert _endpoints(db) == sorted(f"/e/{i}" for i in range(35))  # none lost, none twice
+    assert "could not write 30 audit events (OperationalError)" in caplog.text
+
+
+def test_the_last_events_are_written_when_the_work_fails(db, app_db) -> None:
+    audit = AuditLog()
+    with pytest.raises(RuntimeError, match="chunk failed"), AuditWriter(audit, app_db, interval_s=3600):
+        _record(audit, 7)
+        raise RuntimeError("chunk failed")
+    assert len(_endpoints(db)) == 7
+
+
+def test_events_that_cannot_be_written_at_the_end_are_logged_and_kept(caplog) -> None:
+    audit = AuditLog()
+
+    def down(events):
+        raise psycopg.OperationalError("connection refused")
+
+    caplog.set_level(logging.WARNING, logger="premium.audit")
+    with AuditWriter(audit, sink=down, interval_s=0.01) as writer:
+        _record(audit, 3)
+    assert len(audit) == 3 and writer.written == 0
+    assert "3 audit events could not be written" in caplog.text
+    assert "/e/" not in caplog.text  # counts and error types only, never event data

@@ -6,7 +6,9 @@
 - :func:`fetch_range` fetches every active account of one range: a producer pages through
   the range (keyset, ``chunk_size`` a page), ``in_flight`` workers call the bank concurrently
   over one pooled client, and a writer upserts each chunk of results in bulk (COPY into a
-  session staging table, then one INSERT … ON CONFLICT) while the workers keep going.
+  session staging table, then one INSERT … ON CONFLICT) while the workers keep going. Each bank
+  call's audit event is written apart from the chunks, by a :class:`premium.audit.AuditWriter` on
+  its own connection (within a second), so a task killed mid-chunk leaves its calls audited.
 - :func:`finish_run` gives every unresolved account of the day a reason, counts the outcome
   from the tables and closes the run record: COMPLETE, PARTIAL, SKIPPED_OUTAGE or FAILED. A day on
   which the bank refused our credentials is FAILED whatever the tables hold (a rerun of a date
@@ -40,14 +42,14 @@ from typing import Any
 
 import psycopg
 
-from premium.audit import write_events_async
+from premium.audit import AuditWriter
 from premium.banking.client import (
     BalanceResult,
     BankEndpoint,
     BreakerOpen,
     CoreBankingClient,
 )
-from premium.crypto import PiiKeyring, encrypt_balance
+from premium.crypto import PiiKeyring, encrypt_balance, load_keyring_for
 from premium.paths import read_sql
 from premium.settings import BalanceSettings
 
@@ -272,7 +274,6 @@ class BalanceWriter:
         keyring: PiiKeyring | None = None,
     ):
         self.conn = conn
-        self.audit: Any = None  # the client's AuditLog: its events are written with each chunk
         self.check_date = check_date
         self.threshold = settings.threshold_nis
         self.correlation_id = correlation_id
@@ -349,8 +350,6 @@ class BalanceWriter:
                                 )
                             )
                 await cur.execute(read_sql("upsert_balance_failures.sql"), params)
-                if self.audit is not None:
-                    await write_events_async(cur, self.audit.drain())
 
 
 # -- fetching --------------------------------------------------------------------------------------
@@ -381,7 +380,7 @@ async def fetch_range(
     ``keyring``: for ``settings.encrypt_balances`` (read from ``premium_pii_keys`` when not given).
     """
     if settings.encrypt_balances and keyring is None:
-        keyring = PiiKeyring.from_connection()  # before any bank call: a missing keyring fails at once
+        keyring = load_keyring_for(conninfo)  # before any bank call: a missing or short keyring fails at once
     started = time.monotonic()
     summary = FetchSummary()
     workers = max(1, min(settings.in_flight, descriptor.accounts or 1))
@@ -390,14 +389,16 @@ async def fetch_range(
     flushes: asyncio.Queue = asyncio.Queue(maxsize=2)
     chunk_started = time.monotonic()
 
-    async with CoreBankingClient(endpoint, settings, correlation_id) as client:
+    async with (
+        CoreBankingClient(endpoint, settings, correlation_id) as client,
+        AuditWriter(client.audit, conninfo, name="bank-audit"),  # each call in system_events within a second
+    ):
         monitor = OutageMonitor(conninfo, check_date, settings, client)
         if await monitor.declared():
             log.warning("%s already declared an outage day by another task; nothing fetched", check_date)
             summary.outage = True
             return summary
         writer = await BalanceWriter.open(conninfo, check_date, settings, correlation_id, keyring)
-        writer.audit = client.audit
 
         async def produce() -> None:
             after_id = descriptor.id_lo - 1
@@ -485,9 +486,6 @@ async def fetch_range(
                     await flush_pending(final=True)  # what was fetched before a failure is still recorded
                     await flushes.put(None)
                     await writer_task
-                if len(client.audit):  # calls made after the last chunk (a 401, an outage probe)
-                    async with writer.conn.transaction(), writer.conn.cursor() as cur:
-                        await write_events_async(cur, client.audit.drain())
             finally:
                 await writer.close()
         summary.accounts = sum(summary.outcomes.values())
@@ -529,7 +527,7 @@ def fetch_chunk(
 ) -> FetchSummary:
     """Synchronous entry point for a task (the keyring, when needed, is read here, outside the loop)."""
     if settings.encrypt_balances and keyring is None:
-        keyring = PiiKeyring.from_connection()
+        keyring = load_keyring_for(conninfo)
     return asyncio.run(
         fetch_range(conninfo, descriptor, check_date, settings, endpoint, correlation_id, keyring=keyring)
     )

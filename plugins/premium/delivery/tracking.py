@@ -30,8 +30,7 @@ from typing import Any
 
 import psycopg
 
-from premium.audit import AuditLog
-from premium.audit import flush as audit_flush
+from premium.audit import AuditLog, AuditWriter
 from premium.notifications.carrier import CarrierEndpoint, SmsCarrierClient, read_statuses
 from premium.notifications.state import StatusUpdate, apply_updates
 from premium.settings import DeliverySettings, SmsSettings
@@ -191,10 +190,10 @@ def poll_once(
         items = open_messages(conn, run)
     audit = AuditLog()
     correlation_id = f"track-{run.dag_run_id}"[:64]
-    updates, errors = (
-        asyncio.run(poll_statuses(items, endpoints, settings, audit, correlation_id)) if items else ([], 0)
-    )
-    audit_flush(conninfo, audit)  # one COPY for the whole poll
+    with AuditWriter(audit, conninfo, name="poll-audit"):  # each GET in system_events within a second
+        updates, errors = (
+            asyncio.run(poll_statuses(items, endpoints, settings, audit, correlation_id)) if items else ([], 0)
+        )
     known = [
         u
         for u in updates

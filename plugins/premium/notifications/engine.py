@@ -44,8 +44,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from premium import db
-from premium.audit import AuditLog, write_events
-from premium.audit import flush as audit_flush
+from premium.audit import AuditLog, AuditWriter
 from premium.crypto import PiiKeyring
 from premium.notifications import outbox, window
 from premium.notifications.carrier import (
@@ -137,7 +136,7 @@ class SubmissionEngine:
         self.wait_s = settings.lease_wait_s if wait_s is None else wait_s
         self.lease = CampaignLease(campaign_id, holder_name(holder), settings.lease_ttl_s)
         self.summary = SubmitSummary()
-        self.audit = AuditLog()  # every POST, written with the batch's bookkeeping
+        self.audit = AuditLog()  # every POST, written by the run's AuditWriter on its own connection
         self.clients: dict[str, SmsCarrierClient] = {}
         self.failover = False
         self._primary_posts = 0
@@ -313,7 +312,6 @@ class SubmissionEngine:
         if result.missing:
             outbox.split_missing(cur.connection, batch_id, result.missing, carrier)
             counts["split"] = 1
-        write_events(cur, self.audit.drain())
         _audit_sends(cur, self.correlation_id, batch_id, list(result.accepted) + list(rejected))
         cur.execute(
             "UPDATE sms_batches SET status = %s, in_flight = false, last_error = %s, updated_at = now() "
@@ -384,7 +382,6 @@ class SubmissionEngine:
                     outbox.move_to_new_batch(cur.connection, batch_id, group, f"refused by {carrier}: HTTP {code}")
                     counts["moved"] += len(group)
             _audit_sends(cur, self.correlation_id, batch_id, offending)
-            write_events(cur, self.audit.drain())
             cur.execute(
                 "UPDATE sms_batches SET status = 'REFUSED', in_flight = false, last_error = %s, updated_at = now() "
                 "WHERE batch_id = %s",
@@ -594,6 +591,7 @@ class SubmissionEngine:
                 correlation_id=self.correlation_id,
             )
             await self.clients[name].__aenter__()
+        audit_writer = AuditWriter(self.audit, self.conninfo, name="sms-audit").start()
         try:
             recovered = await asyncio.to_thread(self._recover_in_flight)
             if recovered:
@@ -637,7 +635,7 @@ class SubmissionEngine:
             renewer.cancel()
             for client in self.clients.values():
                 await client.__aexit__(None, None, None)
-            await asyncio.to_thread(audit_flush, self.conninfo, self.audit)  # failed and buffered POSTs
+            await asyncio.to_thread(audit_writer.stop)  # the last events: failed and buffered POSTs too
             if not lost:
                 await asyncio.to_thread(self._release)
         self.summary.seconds = time.monotonic() - started

@@ -46,7 +46,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from premium.audit import WEBHOOK_RECEIVED, AuditLog, write_events
+from premium.audit import WEBHOOK_RECEIVED, AuditLog, AuditWriter, write_events
 from premium.cache import Expiring
 from premium.webhooks.verify import (
     CARRIERS,
@@ -219,32 +219,24 @@ AUDIT = AuditLog()  # one webhook_received event per request, written in bulk ev
 AUDIT_FLUSH_S = 1.0
 
 
+def _write_audit(events: list) -> None:
+    with _pool().connection(timeout=DB_POOL_TIMEOUT_S) as conn, conn.cursor() as cur:
+        write_events(cur, events)  # committed when the pool takes the connection back
+
+
+# The one audit writer of premium.audit: its own thread, this app's pool; a failed write is logged and retried.
+AUDIT_WRITER = AuditWriter(AUDIT, sink=_write_audit, interval_s=AUDIT_FLUSH_S, name="webhook-audit")
+
+
 def _flush_audit() -> None:
-    events = AUDIT.drain()
-    if not events:
-        return
-    try:
-        with _pool().connection(timeout=DB_POOL_TIMEOUT_S) as conn, conn.cursor() as cur:
-            write_events(cur, events)  # committed when the pool takes the connection back
-    except Exception:  # noqa: BLE001 - the audit must not take the route down; the log says what was lost
-        log.exception("could not write %d webhook audit events", len(events))
-
-
-async def _audit_flusher() -> None:
-    import asyncio
-
-    while True:
-        await asyncio.sleep(AUDIT_FLUSH_S)
-        await run_in_threadpool(_flush_audit)
+    AUDIT_WRITER.flush_final()
 
 
 @asynccontextmanager
 async def lifespan(_app: FastAPI):
-    import asyncio
-
-    flusher = asyncio.create_task(_audit_flusher())
+    AUDIT_WRITER.start()
     yield
-    flusher.cancel()
+    await run_in_threadpool(AUDIT_WRITER.stop, flush=False)
     await run_in_threadpool(_flush_audit)
     await run_in_threadpool(_close_pools)  # the Airflow API server enters the lifespan of every mounted app
 
