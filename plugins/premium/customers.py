@@ -2,8 +2,9 @@
 
 The file has a header with exactly the columns of :data:`COLUMNS` (any order), UTF-8 with or
 without a BOM. Every row is validated; invalid rows are reported as :class:`Rejection` (physical
-line number, customer id, a specific reason that never contains a name or a phone number) and
-skipped. Valid rows are upserted by customer_id in one transaction: COPY into a temporary table,
+line number, customer id, a specific reason) and skipped. Reasons and file errors name columns,
+positions and line numbers, never a cell's content: a shifted column or a missing header would
+otherwise put a name or a phone number into logs and task output. Valid rows are upserted by customer_id in one transaction: COPY into a temporary table,
 then one ``INSERT … SELECT … ON CONFLICT (customer_id) DO UPDATE``. Rows identical to what is
 stored (compared after decrypting) are left untouched, so a reload keeps ``updated_at``.
 
@@ -43,7 +44,6 @@ MAX_FIRST_NAME_CHARS = 100
 MAX_PHONE_CHARS = 32
 _TRUE = frozenset({"true", "t", "yes", "y", "1"})
 _FALSE = frozenset({"false", "f", "no", "n", "0"})
-_ECHO_MAX = 40
 
 
 class CustomerFileError(ValueError):
@@ -91,13 +91,6 @@ class _Row(NamedTuple):
     sms_consent: bool
 
 
-def _echo(value: str) -> str:
-    """A field value quoted for a reason (only used for non-PII columns), shortened."""
-    if len(value) > _ECHO_MAX:
-        value = value[:_ECHO_MAX] + "…"
-    return repr(value)
-
-
 def _parse_bool(value: str) -> bool | None:
     lowered = value.lower()
     if lowered in _TRUE:
@@ -108,18 +101,18 @@ def _parse_bool(value: str) -> bool | None:
 
 
 def _validate(values: dict[str, str]) -> tuple[list[str], bool | None]:
-    """The problems of one row (never quoting first_name or phone_number), and the parsed consent."""
+    """The problems of one row (naming columns, never quoting a value), and the parsed consent."""
     problems: list[str] = []
     customer_id = values["customer_id"]
     if not customer_id:
         problems.append("customer_id is empty")
     elif not CUSTOMER_ID_RE.match(customer_id):
-        problems.append(f"customer_id {_echo(customer_id)} is not 1 to 12 digits")
+        problems.append("customer_id is not 1 to 12 digits")
     account_id = values["account_id"]
     if not account_id:
         problems.append("account_id is empty")
     elif not ACCOUNT_ID_RE.match(account_id):
-        problems.append(f"account_id {_echo(account_id)} is not in ACC-NNNNN-NNNNN format")
+        problems.append("account_id is not in ACC-NNNNN-NNNNN format")
     first_name = values["first_name"]
     if not first_name:
         problems.append("first_name is empty")
@@ -134,17 +127,17 @@ def _validate(values: dict[str, str]) -> tuple[list[str], bool | None]:
     if not language:
         problems.append("language is empty")
     elif language.lower() not in LANGUAGES:
-        problems.append(f"language {_echo(language)} is not one of {', '.join(LANGUAGES)}")
+        problems.append(f"language is not one of {', '.join(LANGUAGES)}")
     status = values["status"]
     if not status:
         problems.append("status is empty")
     elif status.upper() not in STATUSES:
-        problems.append(f"status {_echo(status)} is not one of {', '.join(STATUSES)}")
+        problems.append(f"status is not one of {', '.join(STATUSES)}")
     consent = _parse_bool(values["sms_consent"])
     if not values["sms_consent"]:
         problems.append("sms_consent is empty")
     elif consent is None:
-        problems.append(f"sms_consent {_echo(values['sms_consent'])} is not a boolean")
+        problems.append("sms_consent is not a boolean")
     return problems, consent
 
 
@@ -173,15 +166,20 @@ def _parse_file(path: Path, report: LoadReport) -> list[_Row]:
     if first is None:
         raise CustomerFileError("the file is empty (a header row is required)")
     header = [name.strip() for name in first[1]]
+    if not set(header) & set(COLUMNS):  # most likely a data row: never quote it
+        raise CustomerFileError(
+            f"line {first[0]} is not a header row (none of the expected column names); "
+            f"the file must start with the header {', '.join(COLUMNS)}"
+        )
     missing = [name for name in COLUMNS if name not in header]
-    extra = [name for name in header if name not in COLUMNS]
+    extra = [position for position, name in enumerate(header, 1) if name not in COLUMNS]
     duplicated = sorted({name for name in header if header.count(name) > 1 and name in COLUMNS})
     if missing or extra or duplicated:
         parts = []
         if missing:
             parts.append(f"missing columns: {', '.join(missing)}")
         if extra:
-            parts.append(f"unexpected columns: {', '.join(_echo(n) for n in extra)}")
+            parts.append(f"unexpected columns in positions {', '.join(map(str, extra))}")
         if duplicated:
             parts.append(f"duplicated columns: {', '.join(duplicated)}")
         raise CustomerFileError(f"header (line {first[0]}): {'; '.join(parts)}; expected {', '.join(COLUMNS)}")

@@ -13,7 +13,9 @@ it to every notifier whose connection exists:
 - ``premium_alerts_webhook`` (conn type ``http``): ``POST`` of the alert as JSON
   ``{alert_id, kind, severity, summary, dag_id, run_id, task_id, details, raised_at}``. URL: the
   host when it holds a full URL (``https://hooks.example.com/premium``), otherwise
-  scheme://host[:port]/path as the connection URI gives it; extra ``endpoint`` appends a path.
+  scheme://host[:port]/path as the connection URI gives it (extra ``url`` overrides both); extra
+  ``endpoint`` appends a path. https unless the connection says http, and plain http only to
+  loopback or with extra ``allow_plain_http`` (:func:`premium.connections.base_url`).
   password alone -> ``Authorization: Bearer <password>``; login + password -> basic auth.
   extra: ``headers`` (dict), ``timeout`` (s, 10), ``retries`` (2, on connection errors, 429 and
   5xx), ``backoff_s`` (0.5), ``verify`` (TLS: true, false or a CA bundle path), ``trust_env``
@@ -22,8 +24,10 @@ it to every notifier whose connection exists:
 Both take extra ``min_severity`` (info | warning | critical; default info: everything).
 Neither configured: the alert stays in the ``alerts`` table and the log (``PREMIUM_ALERT``).
 A notifier that fails never raises: the error is logged and returned, and ``raise_alert``
-records it in ``alerts.delivery_error``. Nothing here adds PII: the alert's own text (ids and
-counts) is all that is sent.
+records it in ``alerts.delivery_error``, reduced to the exception class, the host and the HTTP
+(or SMTP) status: never the exception's text, which can quote the webhook URL (whose path and
+query are often its credential), a server's answer or a recipient. Nothing here adds PII: the
+alert's own text (ids and counts) is all that is sent.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +135,43 @@ def _describe(exc: BaseException) -> str:
     return text[:MAX_ERROR_CHARS]
 
 
+def _host_of(conn: Any) -> str | None:
+    """The host a notifier connection points at, without scheme, credentials, path or query."""
+    try:
+        raw = str((conn.extra_dejson or {}).get("url") or conn.host or "").strip()
+        return urlsplit(raw if "://" in raw else f"//{raw}").hostname or None
+    except (AttributeError, ValueError):
+        return None
+
+
+def _status_of(exc: BaseException) -> str | None:
+    if isinstance(exc, WebhookRejected):
+        return f"HTTP {exc.status}"
+    response_status = getattr(getattr(exc, "response", None), "status_code", None)
+    if isinstance(response_status, int):
+        return f"HTTP {response_status}"
+    smtp_code = getattr(exc, "smtp_code", None)
+    if isinstance(smtp_code, int) and smtp_code > 0:
+        return f"SMTP {smtp_code}"
+    return None
+
+
+def failure_text(exc: BaseException, conn: Any) -> str:
+    """How a notifier's failure is recorded and logged: exception class, host, HTTP/SMTP status.
+
+    The exception's own text is left out: a requests error quotes the URL (a webhook's path and
+    query are often its credential), an SMTP error the server's answer or the recipients. Only
+    :class:`NotifierMisconfigured`, whose text is ours (settings by name, never their values),
+    keeps it.
+    """
+    if isinstance(exc, NotifierMisconfigured):
+        return _describe(exc)
+    details = [f"host {host}"] if (host := _host_of(conn)) else []
+    if status := _status_of(exc):
+        details.append(status)
+    return type(exc).__name__ + (f" ({', '.join(details)})" if details else "")
+
+
 def _default_lookup(conn_id: str) -> Any:
     from premium.connections import get_connection
 
@@ -193,35 +235,18 @@ def send_email(conn: Any, conn_id: str, alert: AlertMessage) -> None:
 
 def webhook_url(conn: Any) -> str:
     """The URL an ``http`` connection names (see the module docstring)."""
-    from urllib.parse import urlsplit, urlunsplit
+    from premium.connections import base_url
 
     extra = conn.extra_dejson or {}
-    if extra.get("url"):
-        url = str(extra["url"])
-    else:
-        host = (conn.host or "").strip()
-        if not host:
-            raise NotifierMisconfigured("the webhook connection has no host")
-        if "://" in host:
-            url = host
-            parts = urlsplit(url)
-            if conn.port and parts.port is None:
-                url = urlunsplit(parts._replace(netloc=f"{parts.netloc}:{conn.port}"))
-        else:
-            schema = (conn.schema or "").strip()
-            if schema in ("http", "https"):
-                scheme, path = schema, ""
-            else:  # a URI's path lands in `schema`: http://host:port/path -> schema "path"
-                scheme = "https" if (conn.conn_type or "").lower() == "https" else "http"
-                path = schema
-            url = (
-                f"{scheme}://{host}" + (f":{conn.port}" if conn.port else "") + (f"/{path.lstrip('/')}" if path else "")
-            )
+    try:
+        url = base_url(
+            conn, what="alert webhook", url=str(extra["url"]) if extra.get("url") else None, default_host=None
+        )
+    except ValueError as exc:  # its text names the connection and the host, never the secrets
+        raise NotifierMisconfigured(str(exc)) from None
     endpoint = extra.get("endpoint")
     if endpoint:
         url = url.rstrip("/") + "/" + str(endpoint).lstrip("/")
-    if not url.startswith(("http://", "https://")):
-        raise NotifierMisconfigured("the webhook URL must be http(s)")
     return url
 
 
@@ -291,14 +316,15 @@ def deliver(alert: AlertMessage, *, lookup: Callable[[str], Any] | None = None) 
                 log.warning("PREMIUM_ALERT %s not sent via %s: %s", alert.kind, name, report.errors[name])
             continue
         report.configured.append(name)
+        started = time.monotonic()
         try:
             if not wants(conn, alert.severity):
                 report.skipped.append(name)
                 continue
-            started = time.monotonic()
             send(conn, conn_id, alert)
         except Exception as exc:  # noqa: BLE001 - a failed notifier is recorded, never raised
-            report.errors[name] = _describe(exc)
+            report.errors[name] = failure_text(exc, conn)
+        if name in report.errors:  # logged outside the except: nothing chains the raw exception to it
             log.warning("PREMIUM_ALERT %s not delivered via %s: %s", alert.kind, name, report.errors[name])
             continue
         report.delivered_to.append(name)

@@ -5,7 +5,10 @@
 - ``audit_trail`` (notification decisions and sends) is partitioned by month, kept hot for
   ``audit_hot_days`` and then exported — gzip JSON lines plus a SHA-256 checksum, recorded in
   ``archived_partitions`` — before its partition is dropped; archive files are kept
-  ``archive_years`` (7).
+  ``archive_years`` (7). The export is fsynced (file and directory) before the drop, and the drop
+  happens only in a transaction that locks the partition and finds the file's checksum and its
+  number of lines equal to the partition's row count: an export that is not whole keeps the
+  partition.
 - Partitions are created ``partitions_ahead_days`` ahead; rows that landed in a DEFAULT partition
   (no partition existed yet) are moved into the partition created for them.
 
@@ -28,22 +31,9 @@ import orjson
 import psycopg
 from psycopg import sql
 
+from premium.settings import RetentionSettings
+
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RetentionSettings:
-    events_hot_days: int = 90
-    audit_hot_days: int = 365
-    archive_years: int = 7
-    partitions_ahead_days: int = 14
-    archive_dir: str = ""  # empty: $PREMIUM_ARCHIVE_DIR, else <AIRFLOW_HOME>/archive
-
-    def archive_path(self) -> Path:
-        base = self.archive_dir or os.environ.get("PREMIUM_ARCHIVE_DIR") or ""
-        if not base:
-            base = str(Path(os.environ.get("AIRFLOW_HOME", ".")) / "archive")
-        return Path(base)
 
 
 @dataclass(frozen=True)
@@ -64,6 +54,14 @@ def _month_start(d: date) -> date:
 
 def _next_month(d: date) -> date:
     return (d.replace(day=28) + timedelta(days=4)).replace(day=1)
+
+
+def years_before(d: date, years: int) -> date:
+    """The same day ``years`` earlier; 29 February becomes 28 February in a common year."""
+    try:
+        return d.replace(year=d.year - years)
+    except ValueError:  # 29 February
+        return d.replace(year=d.year - years, day=28)
 
 
 def wanted_partitions(today: date, settings: RetentionSettings) -> list[Partition]:
@@ -146,33 +144,111 @@ def stray_partitions(conn: psycopg.Connection) -> list[Partition]:
     return out
 
 
+def _fsync_dir(directory: Path) -> None:
+    """Make the directory's entries (a file created or renamed in it) durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_durably(target: Path, data: bytes) -> None:
+    tmp = target.with_name(target.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, target)
+
+
 def export_partition(conn: psycopg.Connection, p: Partition, archive: Path) -> tuple[Path, str, int]:
-    """Write the partition as gzip JSON lines with a .sha256 beside it; returns (file, sha256, rows)."""
+    """Write the partition as gzip JSON lines with a .sha256 beside it; returns (file, sha256, rows).
+
+    Both files are fsynced, and so is the directory once they are renamed into place: when this
+    returns, the export survives a crash of the host.
+    """
+    created = not archive.exists()
     archive.mkdir(parents=True, exist_ok=True)
+    if created:
+        _fsync_dir(archive.parent)
     target = archive / f"{p.name}.jsonl.gz"
     tmp = target.with_suffix(".gz.tmp")
     rows = 0
-    digest = hashlib.sha256()
-    with gzip.open(tmp, "wb") as out, conn.transaction(), conn.cursor(name=f"export_{p.name}") as cur:
-        cur.execute(sql.SQL("SELECT to_jsonb(t) FROM {} t ORDER BY id").format(sql.Identifier(p.name)))
-        for (row,) in cur:
-            out.write(orjson.dumps(row) + b"\n")
-            rows += 1
-    with open(tmp, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    checksum = digest.hexdigest()
+    with open(tmp, "wb") as raw:
+        with (
+            gzip.GzipFile(fileobj=raw, mode="wb") as out,
+            conn.transaction(),
+            conn.cursor(name=f"export_{p.name}") as cur,
+        ):
+            cur.execute(sql.SQL("SELECT to_jsonb(t) FROM {} t ORDER BY id").format(sql.Identifier(p.name)))
+            for (row,) in cur:
+                out.write(orjson.dumps(row) + b"\n")
+                rows += 1
+        raw.flush()
+        os.fsync(raw.fileno())
+    checksum = _sha256(tmp)
     os.replace(tmp, target)
-    target.with_name(target.name + ".sha256").write_text(f"{checksum}  {target.name}\n", encoding="utf-8")
+    _write_durably(target.with_name(target.name + ".sha256"), f"{checksum}  {target.name}\n".encode())
+    _fsync_dir(archive)
     return target, checksum, rows
 
 
-def verify_export(path: Path, checksum: str) -> bool:
+def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
-    return digest.hexdigest() == checksum
+    return digest.hexdigest()
+
+
+def verify_export(path: Path, checksum: str) -> bool:
+    return _sha256(path) == checksum
+
+
+def export_rows(path: Path) -> int | None:
+    """The number of JSON lines in an export; None when the file is not a whole gzip stream."""
+    lines = 0
+    try:
+        with gzip.open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                lines += block.count(b"\n")
+    except (OSError, EOFError):
+        return None
+    return lines
+
+
+def _partition_rows(conn: psycopg.Connection, p: Partition) -> int:
+    return conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(p.name))).fetchone()[0]
+
+
+def _export_is_whole(conn: psycopg.Connection, p: Partition, path: Path, checksum: str) -> bool:
+    """A recorded export still stands for the partition as it is now (checksum and row count)."""
+    return path.exists() and verify_export(path, checksum) and export_rows(path) == _partition_rows(conn, p)
+
+
+def drop_exported_partition(conn: psycopg.Connection, p: Partition, path: Path, checksum: str) -> None:
+    """Drop ``p`` once its export is known to hold all of it, checked under a lock that keeps rows out.
+
+    Raises RuntimeError (naming the partition and the two counts, nothing of the rows) and keeps the
+    partition when the file does not match its checksum or has not one line per row of the partition.
+    """
+    with conn.transaction():
+        conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(p.name)))
+        in_table = _partition_rows(conn, p)
+        if not verify_export(path, checksum):
+            raise RuntimeError(f"export of {p.name} does not match its checksum; partition kept")
+        in_file = export_rows(path)
+        if in_file != in_table:
+            found = "no readable gzip stream" if in_file is None else f"{in_file} rows"
+            raise RuntimeError(
+                f"export of {p.name} holds {found} but the partition has {in_table} rows; partition kept"
+            )
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(p.name)))
+        conn.execute(
+            "UPDATE archived_partitions SET dropped_at = coalesce(dropped_at, now()) WHERE partition_name = %s",
+            (p.name,),
+        )
 
 
 @dataclass
@@ -206,9 +282,9 @@ def apply(conninfo: dict[str, Any], today: date, settings: RetentionSettings) ->
             known = conn.execute(
                 "SELECT file_path, sha256 FROM archived_partitions WHERE partition_name = %s", (p.name,)
             ).fetchone()
-            if known and Path(known[0]).exists() and verify_export(Path(known[0]), known[1]):
+            if known and _export_is_whole(conn, p, Path(known[0]), known[1]):
                 path, checksum = Path(known[0]), known[1]
-            else:
+            else:  # never exported, or the file no longer holds the partition as it is (late rows)
                 path, checksum, rows = export_partition(conn, p, archive)
                 if not verify_export(path, checksum):
                     raise RuntimeError(f"export of {p.name} does not match its checksum; partition kept")
@@ -223,14 +299,9 @@ def apply(conninfo: dict[str, Any], today: date, settings: RetentionSettings) ->
                     (p.name, p.parent, p.start, p.end, rows, str(path), checksum),
                 )
                 report.exported.append(p.name)
-            with conn.transaction():
-                conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(p.name)))
-                conn.execute(
-                    "UPDATE archived_partitions SET dropped_at = coalesce(dropped_at, now()) WHERE partition_name = %s",
-                    (p.name,),
-                )
+            drop_exported_partition(conn, p, path, checksum)
             report.dropped.append(p.name)
-        keep_from = _day(today.replace(year=today.year - settings.archive_years))
+        keep_from = _day(years_before(today, settings.archive_years))
         for name, path in conn.execute(
             "SELECT partition_name, file_path FROM archived_partitions WHERE range_end <= %s", (keep_from,)
         ).fetchall():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import email
 import json
+import logging
 import socket
 import threading
 import time
@@ -387,9 +388,61 @@ def test_unreachable_notifiers_are_recorded_and_never_raise(db, app_db, monkeypa
     (row,) = alert_rows(app_db)
     assert row["delivered_to"] == [] and row["delivered_at"] is None
     assert row["delivery_error"].startswith("smtp: ConnectionRefusedError")
-    assert "webhook: WebhookRejected: webhook answered HTTP 500" in row["delivery_error"]
+    assert "webhook: WebhookRejected (host 127.0.0.1, HTTP 500)" in row["delivery_error"]
     assert "PREMIUM_ALERT kind=bank_credentials_rejected" in caplog.text
     assert "not delivered via smtp" in caplog.text and "not delivered via webhook" in caplog.text
+
+
+SECRET_PATH = "T0A1B2/B9Z8Y7/path-token-41f9e0"
+SECRET_QUERY = "query-token-d27a6c"
+
+
+class _Records(logging.Handler):
+    """Every record of one logger, whatever Airflow's logging setup does with propagation."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@pytest.mark.parametrize("receiver", ["answers-500", "unreachable"])
+def test_a_failed_webhook_never_records_its_secret_path_or_query(db, app_db, monkeypatch, caplog, receiver) -> None:
+    """The webhook URL's path and query are credentials (Slack-style URLs): the recorded error and
+    the log name the exception class, the host and the HTTP status only."""
+    from premium.alerts import raise_alert
+
+    caplog.set_level("INFO")
+    records = _Records()
+    notify_log = logging.getLogger("premium.notify")
+    notify_log.addHandler(records)
+    monkeypatch.delenv("AIRFLOW_CONN_PREMIUM_ALERTS_SMTP", raising=False)
+    with HttpSink(status=500) as failing:
+        port = failing.port if receiver == "answers-500" else free_port()
+        url = f"http://127.0.0.1:{port}/hooks/{SECRET_PATH}?token={SECRET_QUERY}"
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_PREMIUM_ALERTS_WEBHOOK",
+            json.dumps({"conn_type": "http", "host": url, "extra": {"timeout": 2, "retries": 0, "trust_env": False}}),
+        )
+        try:
+            raise_alert("task_failed", "x failed")
+        finally:
+            notify_log.removeHandler(records)
+        assert len(failing.requests) == (1 if receiver == "answers-500" else 0)
+    (row,) = alert_rows(app_db)
+    error = row["delivery_error"]
+    assert row["delivered_to"] == [] and error.startswith("webhook: ") and "127.0.0.1" in error
+    if receiver == "answers-500":
+        assert error == "webhook: WebhookRejected (host 127.0.0.1, HTTP 500)"
+    else:
+        assert error == "webhook: ConnectionError (host 127.0.0.1)"
+    logged = caplog.text + "\n".join(records.lines)
+    assert "not delivered via webhook" in logged
+    for secret in (*SECRET_PATH.split("/"), SECRET_QUERY, "/hooks", "token="):
+        assert secret not in error
+        assert secret not in logged
 
 
 def test_a_rejected_login_fails_only_the_email(sinks, app_db, monkeypatch) -> None:
@@ -414,7 +467,7 @@ def test_a_4xx_from_the_webhook_is_not_retried(db, app_db, monkeypatch) -> None:
         raise_alert("task_failed", "x failed")
         assert len(refusing.requests) == 1
     (row,) = alert_rows(app_db)
-    assert row["delivered_to"] == [] and row["delivery_error"] == "webhook: WebhookRejected: webhook answered HTTP 400"
+    assert row["delivered_to"] == [] and row["delivery_error"] == "webhook: WebhookRejected (host 127.0.0.1, HTTP 400)"
 
 
 def test_no_notifier_configured_means_table_and_log_only(db, app_db, monkeypatch, caplog) -> None:

@@ -74,15 +74,15 @@ def test_load_good_and_bad_rows(db: psycopg.Connection, keyring: PiiKeyring, tmp
     report = load_customers_csv(_write(tmp_path, lines, bom=True), db, keyring)
 
     assert report.rejected == [
-        Rejection(7, "6", "language 'fr' is not one of he, en, ar, ru"),
-        Rejection(8, "7", "account_id 'ACC-7' is not in ACC-NNNNN-NNNNN format"),
+        Rejection(7, "6", "language is not one of he, en, ar, ru"),
+        Rejection(8, "7", "account_id is not in ACC-NNNNN-NNNNN format"),
         Rejection(9, "8", "phone_number is empty"),
         Rejection(10, "9", "first_name is longer than 100 characters"),
         Rejection(11, "3", "duplicate customer_id (first seen on line 4)"),
         Rejection(12, "11", "account_id already belongs to customer 1 (line 2)"),
-        Rejection(13, "12", "sms_consent 'maybe' is not a boolean"),
-        Rejection(14, "13", "status 'DELETED' is not one of ACTIVE, INACTIVE, SUSPENDED, CLOSED"),
-        Rejection(15, None, "customer_id 'C14' is not 1 to 12 digits"),
+        Rejection(13, "12", "sms_consent is not a boolean"),
+        Rejection(14, "13", "status is not one of ACTIVE, INACTIVE, SUSPENDED, CLOSED"),
+        Rejection(15, None, "customer_id is not 1 to 12 digits"),
         Rejection(17, None, "row has 4 fields, expected 7"),
         Rejection(18, "16", "phone_number is longer than 32 characters"),
         Rejection(
@@ -198,7 +198,7 @@ def test_account_of_another_customer_in_db_rejected(
     ("header", "message"),
     [
         ("customer_id,account_id,first_name,phone_number,language,status", "missing columns: sms_consent"),
-        (HEADER + ",email", "unexpected columns: 'email'"),
+        (HEADER + ",email", "unexpected columns in positions 8"),
         ("id,account_id,first_name,phone_number,language,status,sms_consent", "missing columns: customer_id"),
     ],
 )
@@ -380,3 +380,36 @@ def test_load_10000_rows(db: psycopg.Connection, keyring: PiiKeyring, tmp_path: 
     }
     again = load_customers_csv(path, db, keyring)
     assert (again.inserted, again.updated, again.unchanged) == (0, 0, count)
+
+
+def test_a_file_without_its_header_never_echoes_the_first_row(
+    db: psycopg.Connection, keyring: PiiKeyring, tmp_path: Path
+) -> None:
+    """The first data row taken for a header: the error names columns and lines, never a cell."""
+    first_row = GOOD[0].split(",")
+    with pytest.raises(CustomerFileError) as raised:
+        load_customers_csv(_write(tmp_path, GOOD), db, keyring)
+    message = str(raised.value)
+    assert "line 1" in message and "header" in message and "customer_id" in message
+    for cell in [*first_row, "ACC-00000", "1234567", "נועה"]:
+        if cell not in COLUMNS and len(cell) > 2:
+            assert cell not in message, cell
+    assert _snapshot(db) == []
+
+
+def test_row_errors_never_quote_a_cell(db: psycopg.Connection, keyring: PiiKeyring, tmp_path: Path) -> None:
+    """Columns shifted by a stray comma put a name or a number where an id or a code belongs: the
+    reasons name the column, not its content."""
+    lines = [
+        HEADER,
+        "1,Noa Levi,ACC-00000-00001,050-1234567,he,ACTIVE,true",  # name in account_id
+        "+972501234567,ACC-00000-00002,Dana,050-7654321,he,ACTIVE,true",  # phone in customer_id
+        "3,ACC-00000-00003,Dana,050-7654322,Dana Cohen,054-1112223,Yossi",  # language, status, consent
+    ]
+    report = load_customers_csv(_write(tmp_path, lines), db, keyring)
+    assert [r.line for r in report.rejected] == [2, 3, 4]
+    reasons = " | ".join(r.reason for r in report.rejected)
+    for cell in ("Noa Levi", "972501234567", "Dana Cohen", "054-1112223", "Yossi"):
+        assert cell not in reasons, cell
+    assert "account_id is not in ACC-NNNNN-NNNNN format" in reasons
+    assert "language is not one of he, en, ar, ru" in reasons

@@ -309,9 +309,9 @@ def test_malformed_body_through_the_client_is_recorded_not_raised() -> None:
 
 def test_auth_headers_from_connection_modes() -> None:
     class Conn:
-        def __init__(self, **kw):
+        def __init__(self, extra_dejson=None, **kw):
             self.host, self.port, self.schema, self.password = "bank.local", 8443, "http", None
-            self.extra_dejson = {}
+            self.extra_dejson = {"allow_plain_http": True, **(extra_dejson or {})}  # plain http to bank.local
             self.__dict__.update(kw)
 
     assert BankEndpoint.from_connection(Conn(password="s3")).headers["X-API-Key"] == "s3"

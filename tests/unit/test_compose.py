@@ -241,6 +241,21 @@ def test_airflow_services_mount_the_code_and_share_one_image(config: dict) -> No
     assert images.pop().endswith(":3.3.2")
 
 
+def test_the_archive_is_a_named_volume_on_every_airflow_service(config: dict) -> None:
+    """Audit exports outlive the containers: PREMIUM_ARCHIVE_DIR is a named volume, not the writable layer."""
+    for name in AIRFLOW_SERVICES:
+        service = config["services"][name]
+        archive_dir = _env_vars_of(service)["PREMIUM_ARCHIVE_DIR"]
+        assert archive_dir.startswith("/"), name
+        source, read_only = _mounts(service)[archive_dir]
+        assert source == "premium-archive" and not read_only, (name, source)
+    assert "premium-archive" in config["volumes"]
+    init = config["services"]["airflow-init"]
+    script = "\n".join(init["command"]) if isinstance(init["command"], list) else init["command"]
+    # a fresh named volume is root's: airflow-init (root) hands it to the Airflow user
+    assert any("chown" in line and archive_dir in line for line in script.splitlines()), script
+
+
 @pytest.mark.parametrize("name", AIRFLOW_SERVICES)
 def test_airflow_service_environment(config: dict, name: str) -> None:
     env = _env_vars_of(config["services"][name])
@@ -274,7 +289,7 @@ def test_airflow_service_environment(config: dict, name: str) -> None:
         "port": 8443,
         "schema": "http",
         "password": REQUIRED_VARS["BANK_API_KEY"],
-        "extra": {"auth_type": "api_key"},
+        "extra": {"auth_type": "api_key", "allow_plain_http": True},  # the simulator, on the compose network
     }
     assert env["AIRFLOW_CONN_PREMIUM_PII_KEYS"] == REQUIRED_VARS["PREMIUM_PII_KEYS_JSON"]
     for conn_var, (host, port) in {

@@ -268,3 +268,16 @@ def test_carrier_connection_builds_a_tls13_context_for_https(pki: Pki) -> None:
         CarrierEndpoint.from_connection(_conn(schema="http", password="k", ca_cert=str(pki.ca)), "primary")
     # a hand-built endpoint (tests, the benchmark) still constructs as before
     assert CarrierEndpoint("primary", "http://x", {}).ssl_context is None
+
+
+def test_an_upper_case_https_host_still_gets_the_ca_and_the_pin(pki: Pki) -> None:
+    conn = SimpleNamespace(
+        host="HTTPS://127.0.0.1", port=8443, schema=None, password="k", extra_dejson={"ca_cert": str(pki.ca)}
+    )
+    conn.extra_dejson["cert_fingerprint_sha256"] = FP
+    bank = BankEndpoint.from_connection(conn)
+    assert bank.base_url == "https://127.0.0.1:8443"
+    assert bank.ssl_context is not None and tls.pinned_fingerprints(bank.ssl_context) == {FP}
+    carrier = CarrierEndpoint.from_connection(conn, "primary")
+    assert carrier.base_url == "https://127.0.0.1:8443"
+    assert carrier.ssl_context is not None and tls.pinned_fingerprints(carrier.ssl_context) == {FP}

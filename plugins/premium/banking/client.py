@@ -51,6 +51,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 from premium import tls
 from premium.audit import BANKING_API_CALL, AuditLog
 from premium.audit import mask_account as mask_account
+from premium.connections import CORE_BANKING_CONN_ID, base_url
 from premium.settings import BalanceSettings
 
 log = logging.getLogger(__name__)
@@ -121,7 +122,9 @@ class BankEndpoint:
 
     @classmethod
     def from_connection(cls, conn: Any) -> BankEndpoint:
-        """Connection fields: host, port, schema (http/https); password = API key or bearer token.
+        """Connection fields: host, port, scheme (https by default, see
+        :func:`premium.connections.base_url`: plain http only to loopback or with extra
+        ``allow_plain_http``); password = API key or bearer token.
 
         Extras: ``auth_type`` (api_key | bearer | mtls | none; inferred when absent),
         ``client_cert``/``client_key``/``ca_cert`` (file paths, mTLS; with ``ca_cert`` only the
@@ -131,13 +134,8 @@ class BankEndpoint:
         ``base_path``. TLS settings are built by :mod:`premium.tls`.
         """
         extra = conn.extra_dejson or {}
-        scheme = (conn.schema or ("https" if extra.get("client_cert") or extra.get("ca_cert") else "http")).lower()
-        if scheme not in ("http", "https"):
-            raise ValueError(f"core_banking connection schema must be http or https, not {scheme!r}")
-        host = conn.host or "127.0.0.1"
-        if "://" in host:  # host given as a URL
-            scheme, host = host.split("://", 1)
-        port = f":{conn.port}" if conn.port else ""
+        url = base_url(conn, what=CORE_BANKING_CONN_ID).rstrip("/")
+        scheme = url.split("://", 1)[0]
         base_path = str(extra.get("base_path", "")).rstrip("/")
         auth_type = extra.get("auth_type") or (
             "mtls" if extra.get("client_cert") else ("api_key" if conn.password else "none")
@@ -162,7 +160,7 @@ class BankEndpoint:
             raise ValueError("core_banking auth_type mtls needs schema https")
         elif extra.get("cert_fingerprint_sha256"):
             raise ValueError("core_banking cert_fingerprint_sha256 needs schema https")
-        return cls(f"{scheme}://{host}{port}{base_path}", headers, ssl_context, auth_type)
+        return cls(f"{url}{base_path}", headers, ssl_context, auth_type)
 
 
 def _required_secret(conn: Any, auth_type: str) -> str:

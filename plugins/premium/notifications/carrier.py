@@ -41,6 +41,7 @@ from purgatory.domain.model import OpenedState
 
 from premium import tls
 from premium.audit import SMS_API_CALL, SMS_STATUS_POLL, AuditLog
+from premium.connections import base_url
 from premium.notifications.state import StatusUpdate
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,8 @@ class CarrierEndpoint:
 
     @classmethod
     def from_connection(cls, conn: Any, name: str) -> CarrierEndpoint:
-        """host/port/schema (https by default); password = the Bearer API key.
+        """host/port/scheme (https by default, see :func:`premium.connections.base_url`: plain http
+        only to loopback or with extra ``allow_plain_http``); password = the Bearer API key.
 
         Extras: ``base_path``; TLS (§5.1, built by :mod:`premium.tls`): ``ca_cert`` (file path: only
         that CA is trusted; the system store without it), ``client_cert``/``client_key`` (file
@@ -97,12 +99,8 @@ class CarrierEndpoint:
         if not conn.password:
             raise ValueError(f"SMS carrier connection for {name} needs the API key in its password")
         extra = conn.extra_dejson or {}
-        scheme = (conn.schema or "https").lower()
-        host = conn.host or "127.0.0.1"
-        if "://" in host:
-            scheme, host = host.split("://", 1)
-            scheme = scheme.lower()
-        port = f":{conn.port}" if conn.port else ""
+        url = base_url(conn, what=f"SMS carrier {name}").rstrip("/")
+        scheme = url.split("://", 1)[0]
         base_path = str(extra.get("base_path", "")).rstrip("/")
         headers = {"Authorization": f"Bearer {conn.password}", "Accept": "application/json"}
         ssl_context = None
@@ -110,7 +108,7 @@ class CarrierEndpoint:
             ssl_context = tls.context_from_extra(extra)
         elif tls.has_tls_extras(extra):
             raise ValueError(f"SMS carrier connection for {name}: TLS settings in the extra need schema https")
-        return cls(name, f"{scheme}://{host}{port}{base_path}", headers, ssl_context)
+        return cls(name, f"{url}{base_path}", headers, ssl_context)
 
 
 def carrier_error(body: bytes) -> tuple[str, str] | None:
