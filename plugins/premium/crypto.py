@@ -16,6 +16,12 @@ Balances (§5.3, when ``BalanceSettings.encrypt_balances`` is on) use the same k
 :func:`balance_aad`; :func:`read_balance` reads either form and :func:`rotate_balance_keys` moves
 them to the current key like :func:`rotate_keys` does for customers.
 
+:data:`ENCRYPTED_TABLES` lists every ciphertext column of the schema with its key-id column.
+:func:`key_counts` counts rows per key id (``python -m premium.cli key-status``);
+:func:`rotate_until_done` repeats a rotation pass, then waits (bounded) for locked rows, and
+reports what is still under another key; :func:`check_keyring_covers` (or
+:func:`load_keyring_for`) refuses a keyring that lacks a key some row still uses.
+
 Nothing in this module logs or puts into an exception message a phone number, a name or any key
 material; errors name key ids only.
 """
@@ -29,7 +35,7 @@ import hmac
 import logging
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal, InvalidOperation
@@ -40,8 +46,10 @@ import phonenumbers
 import psycopg
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from psycopg import sql
 
 from premium.connections import PII_KEYS_CONN_ID, get_connection
+from premium.db import connect
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +232,8 @@ def rotate_rows(
     ``select_sql`` takes ``current``, ``after`` (the last row id done) and ``limit`` and returns
     rows in id order; ``blobs_of(row)`` gives ``(row id, key id, [(blob, aad), ...])``;
     ``update_sql`` takes ``key_id``, ``ids`` and ``blobs_<i>`` (the i-th blob of every row). One
-    transaction per batch (use an autocommit connection, or one with no transaction open)."""
+    transaction per batch (use an autocommit connection, or one with no transaction open). One
+    pass: rows locked by someone else are skipped (:func:`rotate_until_done` revisits them)."""
     if batch_size < 1:
         raise ValueError("batch_size must be positive")
     current = keyring.current_key_id
@@ -259,10 +268,11 @@ def rotate_keys(conn: psycopg.Connection, keyring: PiiKeyring, batch_size: int =
 
     Batches of ``batch_size`` rows in ``id`` order, each in its own transaction (commit per batch
     needs an autocommit connection, or one with no transaction open), rows locked with ``FOR
-    UPDATE SKIP LOCKED`` so loads and readers keep working. Rows locked by someone else are left
-    for the next call. ``updated_at`` is not touched (the customer's data does not change).
-    Idempotent: a second call moves nothing. Raises :class:`PiiDecryptError` for a row whose key
-    is not in the keyring (that batch is rolled back; earlier batches stay committed).
+    UPDATE SKIP LOCKED`` so loads and readers keep working. One pass: rows locked by someone else
+    are skipped (:func:`rotate_until_done` comes back for them). ``updated_at`` is not touched
+    (the customer's data does not change). Idempotent: a second call moves nothing. Raises
+    :class:`PiiDecryptError` for a row whose key is not in the keyring (that batch is rolled back;
+    earlier batches stay committed).
     """
 
     def blobs_of(row: tuple) -> tuple[int, str, list[tuple[bytes, bytes]]]:
@@ -345,11 +355,12 @@ def rotate_balance_keys(conn: psycopg.Connection, keyring: PiiKeyring, batch_siz
 
     As :func:`rotate_keys`: batches of ``batch_size`` rows in primary-key order, one transaction
     each (use an autocommit connection, or one with no transaction open), ``FOR UPDATE SKIP
-    LOCKED`` so that the fetch stage and readers keep working; rows locked by someone else are left
-    for the next call. Until it is done the table holds both key ids, so the keyring must keep the
-    old key(s) beside the current one. Plaintext rows (written before encryption was configured)
-    are not touched. Idempotent: a second call moves nothing. Raises :class:`PiiDecryptError` for
-    a row whose key is not in the keyring (that batch is rolled back; earlier batches stay).
+    LOCKED`` so that the fetch stage and readers keep working; one pass: rows locked by someone
+    else are skipped (:func:`rotate_until_done` comes back for them). Until it is done the table
+    holds both key ids, so the keyring must keep the old key(s) beside the current one. Plaintext
+    rows (written before encryption was configured) are not touched. Idempotent: a second call
+    moves nothing. Raises :class:`PiiDecryptError` for a row whose key is not in the keyring (that
+    batch is rolled back; earlier batches stay).
     """
     if batch_size < 1:
         raise ValueError("batch_size must be positive")
@@ -383,3 +394,265 @@ def rotate_balance_keys(conn: psycopg.Connection, keyring: PiiKeyring, batch_siz
             break
     log.info("balance key rotation done: %d rows moved to key %s", moved, current)
     return moved
+
+
+# -- every ciphertext column, key usage, rotation until done -------------------------------------
+
+
+@dataclass(frozen=True)
+class EncryptedTable:
+    """The ciphertext columns of one table and the column naming the key that wrote them."""
+
+    table: str
+    columns: tuple[str, ...]
+    key_column: str
+    order_by: tuple[str, ...]  # the order rows are locked in (the rotation's own order)
+
+    def describe(self) -> str:
+        return ", ".join(f"{self.table}.{column}" for column in self.columns)
+
+    def _holds_ciphertext(self) -> sql.Composable:
+        return sql.SQL("({})").format(
+            sql.SQL(" OR ").join(sql.SQL("{} IS NOT NULL").format(sql.Identifier(c)) for c in self.columns)
+        )
+
+    def _not_under(self) -> sql.Composable:
+        """Rows holding a ciphertext under another key than ``%(current)s`` (what a rotation must move)."""
+        return sql.SQL("{} AND {} IS DISTINCT FROM %(current)s").format(
+            self._holds_ciphertext(), sql.Identifier(self.key_column)
+        )
+
+
+#: Every encrypted column of the schema (migrations 0001, 0004, 0006), grouped by table.
+ENCRYPTED_TABLES: tuple[EncryptedTable, ...] = (
+    EncryptedTable("customers", ("first_name_enc", "phone_enc"), "pii_key_id", ("id",)),
+    EncryptedTable("sms_notifications", ("content_enc", "phone_enc"), "pii_key_id", ("notification_id",)),
+    EncryptedTable("daily_balance_checks", ("balance_enc",), "balance_key_id", ("account_id", "check_date")),
+)
+
+
+def encrypted_table(name: str) -> EncryptedTable:
+    """The :data:`ENCRYPTED_TABLES` entry of a table."""
+    for target in ENCRYPTED_TABLES:
+        if target.table == name:
+            return target
+    raise KeyError(name)
+
+
+@dataclass(frozen=True)
+class TableKeyCounts:
+    """How many rows of one table hold ciphertexts under each key id (``None``: a ciphertext without one)."""
+
+    target: EncryptedTable
+    rows: Mapping[str | None, int]  # rows holding any ciphertext, by key id
+    cells: Mapping[str, Mapping[str | None, int]]  # column -> key id -> non-NULL ciphertexts
+
+
+def key_counts(conn: psycopg.Connection, targets: Iterable[EncryptedTable] = ENCRYPTED_TABLES) -> list[TableKeyCounts]:
+    """Rows per key id of every encrypted table (a full scan of each: an operator's command, not a task's)."""
+    found = []
+    with conn.transaction(), conn.cursor() as cur:
+        for target in targets:
+            query = sql.SQL("SELECT {key}, count(*), {counts} FROM {table} WHERE {holds} GROUP BY 1 ORDER BY 1").format(
+                key=sql.Identifier(target.key_column),
+                counts=sql.SQL(", ").join(sql.SQL("count({})").format(sql.Identifier(c)) for c in target.columns),
+                table=sql.Identifier(target.table),
+                holds=target._holds_ciphertext(),
+            )
+            result = cur.execute(query).fetchall()
+            found.append(
+                TableKeyCounts(
+                    target,
+                    {r[0]: r[1] for r in result},
+                    {c: {r[0]: r[2 + i] for r in result if r[2 + i]} for i, c in enumerate(target.columns)},
+                )
+            )
+    return found
+
+
+def rows_not_under(conn: psycopg.Connection, target: EncryptedTable, key_id: str) -> dict[str | None, int]:
+    """Rows of ``target`` holding a ciphertext under a key other than ``key_id``, by key id."""
+    query = sql.SQL("SELECT {key}, count(*) FROM {table} WHERE {pending} GROUP BY 1 ORDER BY 1").format(
+        key=sql.Identifier(target.key_column), table=sql.Identifier(target.table), pending=target._not_under()
+    )
+    with conn.transaction():
+        return dict(conn.execute(query, {"current": key_id}).fetchall())
+
+
+_INDEXED_KEY_COLUMNS = """
+SELECT t.relname, a.attname
+FROM pg_index i
+JOIN pg_class t ON t.oid = i.indrelid
+JOIN pg_class x ON x.oid = i.indexrelid
+JOIN pg_am am ON am.oid = x.relam
+JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+WHERE i.indrelid IN (SELECT to_regclass(name) FROM unnest(%s::text[]) AS name)
+  AND am.amname = 'btree' AND i.indpred IS NULL AND i.indisvalid
+"""
+
+# With a btree index on the key column: one index probe per distinct key id (a loose index scan,
+# well under a millisecond at any size). Without one: a single scan (~0.1 s per 400k rows).
+_DISTINCT_KEYS_BY_INDEX = """
+WITH RECURSIVE k(key_id) AS (
+    (SELECT {key} FROM {table} WHERE {key} IS NOT NULL ORDER BY 1 LIMIT 1)
+    UNION ALL
+    SELECT (SELECT {key} FROM {table} WHERE {key} > k.key_id ORDER BY 1 LIMIT 1) FROM k WHERE k.key_id IS NOT NULL
+)
+SELECT key_id FROM k WHERE key_id IS NOT NULL
+"""
+_DISTINCT_KEYS_BY_SCAN = "SELECT DISTINCT {key} FROM {table} WHERE {key} IS NOT NULL"
+
+
+def key_usage(conn: psycopg.Connection) -> dict[EncryptedTable, frozenset[str]]:
+    """The key ids stored rows use, per encrypted table; cheap enough to run whenever a keyring is loaded."""
+    usage = {}
+    with conn.transaction(), conn.cursor() as cur:
+        indexed = set(cur.execute(_INDEXED_KEY_COLUMNS, ([t.table for t in ENCRYPTED_TABLES],)).fetchall())
+        for target in ENCRYPTED_TABLES:
+            template = (
+                _DISTINCT_KEYS_BY_INDEX if (target.table, target.key_column) in indexed else _DISTINCT_KEYS_BY_SCAN
+            )
+            query = sql.SQL(template).format(key=sql.Identifier(target.key_column), table=sql.Identifier(target.table))
+            usage[target] = frozenset(r[0] for r in cur.execute(query))
+    return usage
+
+
+class KeyringCoverageError(PiiKeyError):
+    """The keyring lacks a key that stored ciphertexts still use; ``missing`` maps key id to the columns."""
+
+    def __init__(self, missing: Mapping[str, list[str]]) -> None:
+        self.missing = dict(missing)
+        uses = "; ".join(f"{key_id!r} ({', '.join(where)})" for key_id, where in sorted(self.missing.items()))
+        super().__init__(
+            f"the PII keyring lacks key(s) still used by stored rows: {uses}. Put the key(s) back into "
+            f"{PII_KEYS_CONN_ID!r}: a key leaves the ring only once `python -m premium.cli key-status` shows "
+            "no row under it (docs/security.md, key rotation)"
+        )
+
+
+def check_keyring_covers(conn: psycopg.Connection, keyring: PiiKeyring) -> None:
+    """Raise :class:`KeyringCoverageError` when a key id used by any stored row is not in ``keyring``."""
+    missing: dict[str, list[str]] = {}
+    for target, used in key_usage(conn).items():
+        for key_id in sorted(used - set(keyring.keys)):
+            missing.setdefault(key_id, []).append(target.describe())
+    if missing:
+        raise KeyringCoverageError(missing)
+
+
+def load_keyring_for(conninfo: dict[str, Any] | None = None, conn_id: str = PII_KEYS_CONN_ID) -> PiiKeyring:
+    """The keyring of ``conn_id``, refused (:class:`KeyringCoverageError`) if it cannot read every stored row.
+
+    ``conninfo``: the application database (default: connection ``premium_db``)."""
+    keyring = PiiKeyring.from_connection(conn_id)
+    with connect(conninfo) as conn:
+        check_keyring_covers(conn, keyring)
+    return keyring
+
+
+#: One rotation pass over a table (:func:`rotate_keys`, ``rotate_payload_keys``, :func:`rotate_balance_keys`).
+RotationPass = Callable[[psycopg.Connection, PiiKeyring, int], int]
+
+
+@dataclass(frozen=True)
+class RotationResult:
+    """What :func:`rotate_until_done` did to one table, and what is still under another key."""
+
+    table: str
+    key_id: str
+    moved: int
+    passes: int
+    remaining: Mapping[str | None, int]  # key id -> rows not under ``key_id`` at the end
+
+    @property
+    def done(self) -> bool:
+        return not self.remaining
+
+
+def rotate_until_done(
+    conn: psycopg.Connection,
+    keyring: PiiKeyring,
+    target: EncryptedTable,
+    rotation_pass: RotationPass,
+    *,
+    batch_size: int = 1000,
+    max_passes: int = 6,
+    lock_wait_s: float = 30.0,
+) -> RotationResult:
+    """Move every row of ``target`` to the current key, revisiting what a pass could not take.
+
+    Passes alternate: a ``SKIP LOCKED`` pass (``rotation_pass``: batches, one commit each, so
+    readers and writers keep working), then, when rows are still under another key (locked by
+    someone, or written meanwhile by a process holding a keyring loaded before the switch), a pass
+    that first locks those rows, waiting at most ``lock_wait_s``, and moves them. It stops when no
+    row is left, after ``max_passes``, or when a waiting pass timed out (the holder kept its locks
+    past the bound). ``remaining`` is counted at the end: the rotation is complete only when it is
+    empty (:attr:`RotationResult.done`), and only then may the old key leave the ring. Use an
+    autocommit connection, or one with no transaction open.
+    """
+    if max_passes < 1:
+        raise ValueError("max_passes must be positive")
+    if lock_wait_s <= 0:
+        raise ValueError("lock_wait_s must be positive")
+    current = keyring.current_key_id
+    moved = passes = 0
+    remaining = rows_not_under(conn, target, current)
+    wait = False
+    while remaining and passes < max_passes:
+        passes += 1
+        if wait:
+            taken = _rotate_waiting_for_locks(conn, keyring, target, rotation_pass, batch_size, lock_wait_s)
+            if taken is None:
+                remaining = rows_not_under(conn, target, current)
+                break
+            moved += taken
+        else:
+            moved += rotation_pass(conn, keyring, batch_size)
+        remaining = rows_not_under(conn, target, current)
+        wait = not wait
+    if remaining:
+        log.warning(
+            "%s key rotation incomplete after %d passes: rows not under key %s: %s",
+            target.table,
+            passes,
+            current,
+            ", ".join(f"{k}: {n}" for k, n in remaining.items()),
+        )
+    return RotationResult(target.table, current, moved, passes, remaining)
+
+
+def _rotate_waiting_for_locks(
+    conn: psycopg.Connection,
+    keyring: PiiKeyring,
+    target: EncryptedTable,
+    rotation_pass: RotationPass,
+    batch_size: int,
+    lock_wait_s: float,
+) -> int | None:
+    """Lock every row still to move (waiting at most ``lock_wait_s``), then run the pass in the same
+    transaction (its batches become savepoints; our own locks are not skipped). ``None``: the locks
+    were not obtained in time (nothing changed)."""
+    lock_rows = sql.SQL("SELECT 1 FROM {table} WHERE {pending} ORDER BY {order} FOR UPDATE").format(
+        table=sql.Identifier(target.table),
+        pending=target._not_under(),
+        order=sql.SQL(", ").join(map(sql.Identifier, target.order_by)),
+    )
+    bound = f"{max(1, round(lock_wait_s * 1000))}ms"
+    try:
+        with conn.transaction():
+            previous = conn.execute("SELECT current_setting('statement_timeout')").fetchone()[0]
+            conn.execute(
+                "SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)",
+                (bound, bound),
+            )
+            conn.execute(lock_rows, {"current": keyring.current_key_id})
+            conn.execute("SELECT set_config('statement_timeout', %s, true)", (previous,))
+            return rotation_pass(conn, keyring, batch_size)
+    except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled, psycopg.errors.DeadlockDetected) as exc:
+        log.warning(
+            "%s key rotation: rows still locked by another session after %.1f s (%s)",
+            target.table,
+            lock_wait_s,
+            type(exc).__name__,
+        )
+        return None

@@ -168,6 +168,11 @@ def test_key_rotation_end_to_end(customers, bank, capsys) -> None:
         with pytest.raises(PiiDecryptError):  # nor the new key alone what has not moved yet
             amounts(customers, NEW_ONLY)
         assert qualification(customers)
+
+        # The command does not hide them: still locked after its bounded wait, it exits 1 naming them.
+        capsys.readouterr()
+        assert cli.main(["rotate-balance-keys", "--lock-wait", "0.5"]) == 1
+        assert f"daily_balance_checks: {locked} rows under key test-k0" in capsys.readouterr().err
     finally:
         locker.close()  # rolls back: the rows are free again
 
@@ -176,7 +181,9 @@ def test_key_rotation_end_to_end(customers, bank, capsys) -> None:
         assert rotate_balance_keys(conn, BOTH, batch_size=37) == locked
         assert rotate_balance_keys(conn, BOTH, batch_size=37) == 0
     assert cli.main(["rotate-balance-keys", "--batch-size", "50"]) == 0
-    assert "re-encrypted 0 balances under key test-k1" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "daily_balance_checks: re-encrypted 0 rows under key test-k1" in out
+    assert "every encrypted row of daily_balance_checks is under key test-k1" in out
     after = rows(customers)
     assert set(key_ids(customers)) == {"test-k1"}
     assert amounts(customers, NEW_ONLY) == model_amounts(customers)  # the old key can now leave the ring

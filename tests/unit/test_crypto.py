@@ -187,3 +187,48 @@ def test_nothing_is_logged(keyring: PiiKeyring, caplog: pytest.LogCaptureFixture
     with pytest.raises(PiiDecryptError):
         keyring.decrypt(blob, key_id, b"b")
     assert caplog.records == []
+
+
+def test_encrypted_tables_name_every_rotation_and_command() -> None:
+    from premium import cli
+
+    tables = {t.table for t in crypto.ENCRYPTED_TABLES}
+    assert tables == {"customers", "sms_notifications", "daily_balance_checks"}
+    assert set(cli._rotation_passes()) == tables  # each table has its rotation pass
+    assert {t for covered in cli.ROTATE_COMMANDS.values() for t in covered} == tables
+    assert crypto.encrypted_table("customers").key_column == "pii_key_id"
+    with pytest.raises(KeyError):
+        crypto.encrypted_table("audit_trail")
+
+
+def test_rotate_commands_and_key_status_parse() -> None:
+    from premium import cli
+
+    parser = cli.build_parser()
+    for command in ("rotate", "rotate-pii-keys", "rotate-balance-keys"):
+        args = parser.parse_args([command])
+        assert (args.batch_size, args.max_passes, args.lock_wait) == (1000, 6, 30.0)
+    args = parser.parse_args(["rotate", "--lock-wait", "2.5", "--max-passes", "3"])
+    assert (args.lock_wait, args.max_passes) == (2.5, 3)
+    assert parser.parse_args(["key-status", "--json"]).json is True
+
+
+def test_rotate_until_done_validates_its_bounds(keyring: PiiKeyring) -> None:
+    target = crypto.encrypted_table("customers")
+    with pytest.raises(ValueError, match="max_passes"):
+        crypto.rotate_until_done(None, keyring, target, crypto.rotate_keys, max_passes=0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="lock_wait_s"):
+        crypto.rotate_until_done(None, keyring, target, crypto.rotate_keys, lock_wait_s=0)  # type: ignore[arg-type]
+
+
+def test_coverage_error_names_key_ids_and_columns_only() -> None:
+    err = crypto.KeyringCoverageError(
+        {"k0": ["customers.first_name_enc, customers.phone_enc"], "k9": ["daily_balance_checks.balance_enc"]}
+    )
+    message = str(err)
+    assert "'k0' (customers.first_name_enc, customers.phone_enc)" in message
+    assert "'k9' (daily_balance_checks.balance_enc)" in message
+    assert "key-status" in message
+    assert isinstance(err, PiiKeyError)
+    assert set(err.missing) == {"k0", "k9"}
+    assert TEST_PII_KEYS["keys"]["test-k0"] not in message
