@@ -20,22 +20,25 @@ a backfill of 2025-11-03 checks balances as of 2025-11-03. Never the wall clock.
 - `qualify_customers`: qualification in SQL (`include/sql/qualify_customers.sql`) into
   `qualification_outcomes` (qualified, or the first reason why not), then every qualified
   message rendered to record template, encoding and segments; fails before anything is sent
-  when a template can exceed `sms_max_segments`.
+  when a template can exceed `max_segments`.
 - `plan_send`: SEND, DRY_RUN (param `dry_run`) or LATE_NO_SEND (check date older than
-  `sms_max_lag_days`: a backfill or a late rerun records qualification and sends nothing); the
-  send window opens at `sms_send_time` on D + `sms_send_offset_days`, skipping `sms_no_send_days`.
+  `max_lag_days`: a backfill or a late rerun records qualification and sends nothing, unless an
+  operator authorised that date with `python -m premium.cli authorise-late-send`); the send
+  window opens at `send_time` on D + `send_offset_days`, skipping `no_send_days`.
   In SEND mode it also prepares the outbox the evening before: one notification per customer and
   campaign with its payload (rendered text and E.164 number, encrypted), placed in batches of
-  `sms_batch_size` with deterministic message and batch ids.
+  `batch_size` with deterministic message and batch ids.
 - `wait_for_send_window`: deferrable wait (no worker slot held) until the window opens.
 - `submit_sms_batches`: the prepared batches POSTed to `sms_carrier`, failover to
   `sms_carrier_secondary` when configured, otherwise buffering; publishes `sms_submissions`.
 
 **Connections**: `core_banking` (base URL; API key, bearer token or mTLS), `premium_db`,
 `premium_pii_keys`, `sms_carrier` (Bearer API key), `sms_carrier_secondary` (optional).
-**Settings**: Variable `premium_settings` (`{"balance": {...}, "sms": {...}}`); the params
-below override them for one run (leave null to keep the deployment's value; SMS settings are
-prefixed `sms_`).
+**Settings**: the deployment's, from the settings file and Variable `premium_settings`
+(`{"balance": {...}, "sms": {...}}`): threshold, message content, sender, callback URL, window,
+no-send days and lag are never changed by a run. The params below are the only per-run knobs
+(concurrency, chunking, timeouts, retries; SMS ones prefixed `sms_`; null keeps the deployment's
+value) plus `dry_run`. A conf key the DAG does not declare fails the run before anything is done.
 **Alerts**: a 401 from the bank, a day skipped for an outage and failed tasks go through
 `premium.alerts` (table `alerts`, log marker `PREMIUM_ALERT`).
 """
@@ -49,13 +52,10 @@ from airflow.sdk import CronTriggerTimetable, Param, chain, dag, get_current_con
 
 from premium.alerts import task_failure_alert
 from premium.assets import BALANCE_CHECKS, SMS_SUBMISSIONS
+from premium.settings import run_params
 from premium.sms.window_sensor import SendWindowSensor
 
 BANK_POOL = "core_banking_api"
-
-
-def _optional(kind: str, description: str, **schema) -> Param:
-    return Param(None, type=["null", kind], description=description, **schema)
 
 
 @dag(
@@ -73,33 +73,8 @@ def _optional(kind: str, description: str, **schema) -> Param:
         "on_failure_callback": task_failure_alert,
     },
     params={
-        "threshold_nis": _optional("number", "Balance threshold in NIS", minimum=0),
-        "chunk_size": _optional("integer", "Accounts per chunk", minimum=1, maximum=10000),
-        "in_flight": _optional("integer", "Concurrent bank requests per fetch task", minimum=1, maximum=1000),
-        "max_mapped_tasks": _optional("integer", "Upper bound of fetch task instances", minimum=1, maximum=512),
-        "request_timeout_s": _optional("number", "Per-request timeout, seconds", exclusiveMinimum=0),
-        "max_retries": _optional("integer", "Retries per request", minimum=0, maximum=10),
-        "backoff_multiplier_s": _optional("number", "Wait before retry n = multiplier * 2**n seconds", minimum=0),
-        "breaker_failures": _optional("integer", "Failures that open the circuit breaker", minimum=1),
-        "breaker_reset_s": _optional("number", "Seconds the breaker stays open", exclusiveMinimum=0),
-        "outage_threshold_s": _optional("number", "Unavailability that makes the day an outage, seconds", minimum=0),
-        "skip_on_outage": _optional("boolean", "Mark the day SKIPPED_OUTAGE instead of failing"),
+        **run_params("balance", "sms"),
         "dry_run": Param(False, type="boolean", description="Qualify and render everything, send nothing"),
-        "sms_window_days": _optional("integer", "Qualification window W in days", minimum=1),
-        "sms_min_passing_checks": _optional("integer", "Passing checks needed in W", minimum=1),
-        "sms_batch_size": _optional("integer", "Messages per carrier batch", minimum=500, maximum=1000),
-        "sms_max_segments": _optional("integer", "Segment limit per message", minimum=1),
-        "sms_send_time": _optional("string", "Send window opens at HH:MM:SS Asia/Jerusalem"),
-        "sms_send_offset_days": _optional("integer", "Window opens on D + offset days", minimum=0),
-        "sms_no_send_days": _optional("string", "Comma-separated weekdays without sending (saturday)"),
-        "sms_max_lag_days": _optional("integer", "Older check dates send nothing", minimum=0),
-        "sms_callback_url": _optional("string", "Delivery callback URL given to the carrier"),
-        "sms_request_timeout_s": _optional("number", "Carrier request timeout, seconds", exclusiveMinimum=0),
-        "sms_post_retries": _optional("integer", "Retries of one batch POST", minimum=0),
-        "sms_backoff_multiplier_s": _optional("number", "Carrier backoff multiplier, seconds", minimum=0),
-        "sms_breaker_failures": _optional("integer", "Failures that open a carrier breaker", minimum=1),
-        "sms_breaker_reset_s": _optional("number", "Seconds a carrier breaker stays open", exclusiveMinimum=0),
-        "sms_failover_failure_rate": _optional("number", "Primary failure rate that triggers failover", minimum=0),
     },
 )
 def premium_balance_daily():

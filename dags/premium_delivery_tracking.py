@@ -18,8 +18,10 @@ together fold into one run; all of them are read).
   publishes `delivery_confirmed` (DeliveryConfirmed).
 
 **Connections**: `sms_carrier`, `sms_carrier_secondary` (optional), `premium_db`, `premium_pii_keys`.
-**Settings**: Variable `premium_settings` section `delivery`; per run: the params below. A manual
-run tracks the accepted batches of param `campaign_id` (or only `batch_ids`).
+**Settings**: Variable `premium_settings` section `delivery` (the 72-hour window is the
+deployment's); per run: the knobs below (poll interval, concurrency, timeouts, retries). A manual
+run tracks the accepted batches of param `campaign_id` (or only `batch_ids`). A conf key the DAG
+does not declare fails the run.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from airflow.sdk import Param, chain, dag, get_current_context, task
 from premium.alerts import task_failure_alert
 from premium.assets import DELIVERY_CONFIRMED, SMS_SUBMISSIONS
 from premium.delivery.sensor import DeliveryStatusSensor
+from premium.settings import run_params
 
 
 @dag(
@@ -47,9 +50,7 @@ from premium.delivery.sensor import DeliveryStatusSensor
         "on_failure_callback": task_failure_alert,
     },
     params={
-        "poll_interval_s": Param(None, type=["null", "number"], description="Seconds between polls (7200)"),
-        "window_s": Param(None, type=["null", "number"], description="Tracking window after submission (259200)"),
-        "in_flight": Param(None, type=["null", "integer"], description="Concurrent status requests (64)"),
+        **run_params("delivery"),
         "campaign_id": Param(None, type=["null", "string"], description="Manual runs: the campaign to track"),
         "batch_ids": Param(None, type=["null", "array"], description="Manual runs: only these batches"),
     },

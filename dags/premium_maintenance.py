@@ -11,8 +11,10 @@ same thing; every step is idempotent).
   checksum (recorded in `archived_partitions`), verifies the file, then drops the partition;
   archive files are kept 7 years.
 
-**Params** (null keeps the default): `events_hot_days`, `audit_hot_days`, `archive_years`,
+**Settings**: section `retention` of the deployment's settings (file or Variable
+`premium_settings`): `events_hot_days` (≥ 90), `audit_hot_days`, `archive_years` (≥ 7),
 `partitions_ahead_days`, `archive_dir` (default `$PREMIUM_ARCHIVE_DIR` or `$AIRFLOW_HOME/archive`).
+The floors hold whatever the settings say. No params: a run with any conf is refused.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import CronTriggerTimetable, Param, dag, get_current_context, task
+from airflow.sdk import CronTriggerTimetable, dag, get_current_context, task
 
 from premium.alerts import task_failure_alert
 
@@ -37,13 +39,6 @@ from premium.alerts import task_failure_alert
         "retries": 2,
         "retry_delay": timedelta(minutes=10),
         "on_failure_callback": task_failure_alert,
-    },
-    params={
-        "events_hot_days": Param(None, type=["null", "integer"], minimum=1),
-        "audit_hot_days": Param(None, type=["null", "integer"], minimum=1),
-        "archive_years": Param(None, type=["null", "integer"], minimum=1),
-        "partitions_ahead_days": Param(None, type=["null", "integer"], minimum=1),
-        "archive_dir": Param(None, type=["null", "string"]),
     },
 )
 def premium_maintenance():

@@ -6,9 +6,14 @@ migrate                 apply the application schema migrations (connection prem
 gen-pii-keys            print a fresh premium_pii_keys connection extra (JSON) for a new deployment
 gen-customers           write a deterministic synthetic customer CSV
 load-customers FILE     validate and upsert customers from a CSV (all-or-nothing on a crash)
-rotate-pii-keys         re-encrypt customer PII and SMS outbox payloads under the keyring's current key
-rotate-balance-keys     re-encrypt encrypted balances (daily_balance_checks) under the keyring's current key
+key-status              rows per key id of every encrypted column, the keyring's current key, unknown keys (--json)
+rotate                  re-encrypt every encrypted column under the keyring's current key (exit 1: rows left behind)
+rotate-pii-keys         the same for customer PII and SMS outbox payloads only
+rotate-balance-keys     the same for encrypted balances (daily_balance_checks) only
 balance-summary         the run record of a check date, for humans (or --json)
+campaign-summary        the SMS campaign record of a check date, for humans (or --json)
+authorise-late-send     let an old check date's rerun send (--check-date, --by, --reason; audited)
+settings-reference      print the settings tables generated from the model (--write docs/configuration.md)
 """
 
 from __future__ import annotations
@@ -78,11 +83,15 @@ def _gen_customers(args: argparse.Namespace) -> int:
 
 
 def _load_customers(args: argparse.Namespace) -> int:
-    from premium.crypto import PiiKeyring
+    from premium.crypto import KeyringCoverageError, load_keyring_for
     from premium.customers import CustomerFileError, load_customers_csv
     from premium.db import connect
 
-    keyring = PiiKeyring.from_connection()
+    try:
+        keyring = load_keyring_for()
+    except KeyringCoverageError as exc:
+        print(f"nothing loaded: {exc}", file=sys.stderr)
+        return 2
     try:
         with connect() as conn:
             report = load_customers_csv(Path(args.file), conn, keyring)
@@ -98,27 +107,137 @@ def _load_customers(args: argparse.Namespace) -> int:
     return 1 if (args.strict and report.rejected) else 0
 
 
-def _rotate(args: argparse.Namespace) -> int:
-    from premium.crypto import PiiKeyring, rotate_keys
-    from premium.db import connect
-    from premium.notifications.outbox import rotate_payload_keys
+#: The tables each rotate command covers (``rotate``: every table of premium.crypto.ENCRYPTED_TABLES).
+ROTATE_COMMANDS = {
+    "rotate-pii-keys": ("customers", "sms_notifications"),
+    "rotate-balance-keys": ("daily_balance_checks",),
+}
 
+
+def _rotation_passes() -> dict:
+    """One rotation pass per encrypted table (looked up when called, so tests can wrap them)."""
+    from premium import crypto
+    from premium.notifications import outbox
+
+    return {
+        "customers": crypto.rotate_keys,
+        "sms_notifications": outbox.rotate_payload_keys,
+        "daily_balance_checks": crypto.rotate_balance_keys,
+    }
+
+
+def _rotate(args: argparse.Namespace) -> int:
+    """Rotate the command's tables until no row is left under another key; exit 1 listing what is."""
+    from premium.crypto import (
+        ENCRYPTED_TABLES,
+        KeyringCoverageError,
+        PiiDecryptError,
+        PiiKeyring,
+        check_keyring_covers,
+        encrypted_table,
+        rotate_until_done,
+    )
+    from premium.db import connect
+
+    tables = ROTATE_COMMANDS.get(args.command) or tuple(t.table for t in ENCRYPTED_TABLES)
+    passes = _rotation_passes()
     keyring = PiiKeyring.from_connection()
+    current = keyring.current_key_id
+    results = []
     with connect() as conn:
-        moved = rotate_keys(conn, keyring, batch_size=args.batch_size)
-        payloads = rotate_payload_keys(conn, keyring, batch_size=args.batch_size)
-    print(f"re-encrypted {moved} customers and {payloads} SMS outbox payloads under key {keyring.current_key_id}")
+        try:
+            check_keyring_covers(conn, keyring)
+            for table in tables:
+                result = rotate_until_done(
+                    conn,
+                    keyring,
+                    encrypted_table(table),
+                    passes[table],
+                    batch_size=args.batch_size,
+                    max_passes=args.max_passes,
+                    lock_wait_s=args.lock_wait,
+                )
+                results.append(result)
+                print(f"{table}: re-encrypted {result.moved} rows under key {current} ({result.passes} passes)")
+        except (KeyringCoverageError, PiiDecryptError) as exc:
+            print(f"rotation stopped, no key may be retired: {exc}", file=sys.stderr)
+            return 2
+    left = [(r.table, key_id, count) for r in results for key_id, count in r.remaining.items()]
+    if left:
+        print(
+            f"rotation INCOMPLETE: rows are still under a key other than {current}; retire no key yet",
+            file=sys.stderr,
+        )
+        for table, key_id, count in left:
+            print(f"  {table}: {count} rows under key {key_id or '(none)'}", file=sys.stderr)
+        print(
+            "  (rows locked longer than --lock-wait, or written by a process that loaded the keyring before "
+            "the switch: let it finish or restart it, then run this command again)",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"every encrypted row of {', '.join(tables)} is under key {current}")
     return 0
 
 
-def _rotate_balances(args: argparse.Namespace) -> int:
-    from premium.crypto import PiiKeyring, rotate_balance_keys
+def _key_status(args: argparse.Namespace) -> int:
+    """Rows per key id of every encrypted column; the keyring's keys; exit 0 (a report, not a check)."""
+    from premium.crypto import PiiKeyError, PiiKeyring, key_counts
     from premium.db import connect
 
-    keyring = PiiKeyring.from_connection()
+    keyring: PiiKeyring | None = None
+    keyring_error = None
+    try:
+        keyring = PiiKeyring.from_connection()
+    except PiiKeyError as exc:
+        keyring_error = str(exc)
     with connect() as conn:
-        moved = rotate_balance_keys(conn, keyring, batch_size=args.batch_size)
-    print(f"re-encrypted {moved} balances under key {keyring.current_key_id}")
+        counts = key_counts(conn)
+    current = keyring.current_key_id if keyring else None
+    ring = sorted(keyring.keys) if keyring else []
+    used = {key_id for c in counts for key_id in c.rows}
+    not_current = {c.target.table: sum(n for k, n in c.rows.items() if k != current) for c in counts}
+    data = {
+        "current_key_id": current,
+        "keyring_key_ids": ring,
+        "keyring_error": keyring_error,
+        "tables": [
+            {
+                "table": c.target.table,
+                "key_column": c.target.key_column,
+                "rows_by_key": c.rows,
+                "columns": {column: c.cells.get(column, {}) for column in c.target.columns},
+            }
+            for c in counts
+        ],
+        "rows_not_under_current_key": not_current,
+        "missing_key_ids": sorted((k for k in used if k not in ring), key=str) if keyring else [],
+        "unused_key_ids": [k for k in ring if k not in used and k != current],
+    }
+    if args.json:
+        print(json.dumps(data, default=str))
+        return 0
+    if keyring is None:
+        print(f"PII keyring: NOT LOADED ({keyring_error})")
+    else:
+        print(f"PII keyring: current key {current}; holds {', '.join(ring)}")
+    print(f"{'table':<22}{'column':<16}{'key id':<20}{'rows':>10}")
+    for c in counts:
+        for column in c.target.columns:
+            cells = c.cells.get(column, {})
+            if not cells:
+                print(f"{c.target.table:<22}{column:<16}{'-':<20}{0:>10}")
+            for key_id, n in sorted(cells.items(), key=lambda kv: str(kv[0])):
+                flag = ""
+                if keyring is not None:
+                    flag = "current" if key_id == current else "old key" if key_id in keyring.keys else "NOT IN KEYRING"
+                print(f"{c.target.table:<22}{column:<16}{key_id or '(none)':<20}{n:>10}  {flag}")
+    if keyring is not None:
+        behind = ", ".join(f"{t} {n}" for t, n in not_current.items() if n) or "none"
+        print(f"rows under a key other than {current}: {sum(not_current.values())} ({behind})")
+        if data["missing_key_ids"]:
+            print(f"key ids rows use that the keyring LACKS: {', '.join(map(str, data['missing_key_ids']))}")
+        print(f"keys in the ring no row uses: {', '.join(data['unused_key_ids']) or 'none'}")
     return 0
 
 
@@ -237,6 +356,44 @@ def _campaign_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _authorise_late_send(args: argparse.Namespace) -> int:
+    import psycopg
+
+    from premium import late_send
+    from premium.connections import premium_db_kwargs
+
+    try:
+        with psycopg.connect(**premium_db_kwargs()) as conn:
+            done = late_send.authorise(conn, args.check_date, args.by, args.reason)
+    except ValueError as exc:
+        print(f"authorise-late-send: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"late send of {done.check_date} authorised by {done.authorised_by} at {done.authorised_at:%Y-%m-%d %H:%M:%S%z}"
+        " (audit_trail: late_send_authorised). Rerun plan_send of that date's run (clear it in the UI, downstream"
+        " included): it sends in the next send window; customers already sent to in the campaign get nothing more."
+    )
+    return 0
+
+
+def _settings_reference(args: argparse.Namespace) -> int:
+    from premium import settings
+
+    table = settings.reference_markdown()
+    if not args.write:
+        print(table, end="")
+        return 0
+    path = Path(args.write)
+    page = path.read_text(encoding="utf-8")
+    begin, end = "<!-- settings-reference:begin -->\n", "<!-- settings-reference:end -->"
+    if begin not in page or end not in page:
+        print(f"{path}: no {begin.strip()} … {end} block to replace", file=sys.stderr)
+        return 1
+    path.write_text(page[: page.index(begin) + len(begin)] + table + page[page.index(end) :], encoding="utf-8")
+    print(f"{path}: settings reference updated")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m premium.cli", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -272,13 +429,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show-rejections", type=int, default=20)
     p.set_defaults(func=_load_customers)
 
-    p = sub.add_parser("rotate-pii-keys")
-    p.add_argument("--batch-size", type=int, default=1000)
-    p.set_defaults(func=_rotate)
+    p = sub.add_parser("key-status")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_key_status)
 
-    p = sub.add_parser("rotate-balance-keys")
-    p.add_argument("--batch-size", type=int, default=1000)
-    p.set_defaults(func=_rotate_balances)
+    for command in ("rotate", *ROTATE_COMMANDS):
+        p = sub.add_parser(command)
+        p.add_argument("--batch-size", type=int, default=1000, help="rows per committed batch")
+        p.add_argument("--max-passes", type=int, default=6, help="passes per table before giving up (exit 1)")
+        p.add_argument(
+            "--lock-wait", type=float, default=30.0, help="seconds to wait for rows another session holds locked"
+        )
+        p.set_defaults(func=_rotate)
 
     p = sub.add_parser("balance-summary")
     p.add_argument("--date", type=date.fromisoformat, required=True)
@@ -289,6 +451,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--date", type=date.fromisoformat, required=True)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_campaign_summary)
+
+    p = sub.add_parser("authorise-late-send", help="an operator's audited decision that an old date may send")
+    p.add_argument("--check-date", type=date.fromisoformat, required=True)
+    p.add_argument("--by", required=True, help="who authorises (name or staff id)")
+    p.add_argument("--reason", required=True, help="why (ticket, incident)")
+    p.set_defaults(func=_authorise_late_send)
+
+    p = sub.add_parser("settings-reference")
+    p.add_argument("--write", metavar="FILE", help="replace the generated block of FILE (docs/configuration.md)")
+    p.set_defaults(func=_settings_reference)
     return parser
 
 

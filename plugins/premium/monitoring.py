@@ -453,10 +453,10 @@ def breaches_from(result: dict[str, Any]) -> list[Breach]:
 
 
 def task_compute(context: Any) -> dict[str, Any]:
+    from premium import runtime
     from premium.connections import premium_db_kwargs
-    from premium.settings import load_monitoring
 
-    settings = load_monitoring()
+    settings = runtime.run_settings(context, "monitoring")
     start, end = window_of(context, settings)
     return run_check(premium_db_kwargs(), settings, start, end, dag_run_id=context["dag_run"].run_id)
 

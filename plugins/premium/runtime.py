@@ -1,9 +1,11 @@
-"""What a task learns from its run: the as-of date, ids, per-run overrides. No now() here."""
+"""What a task learns from its run: the as-of date, ids, its settings. No now() here."""
 
 from __future__ import annotations
 
 from datetime import date
 from typing import Any
+
+from premium import settings
 
 LOCAL_TZ = "Asia/Jerusalem"
 
@@ -20,7 +22,59 @@ def as_of_date(context: Any) -> date:
     return pendulum.instance(moment).in_timezone(LOCAL_TZ).date()
 
 
-def run_overrides(context: Any, keys: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """The DAG params among ``keys`` that the run sets (null params are not overrides)."""
+def check_run_conf(context: Any) -> None:
+    """Refuse a run whose conf carries keys its DAG does not declare as params.
+
+    Airflow merges every conf key into the params, declared or not; the DAG's declared params are
+    the whole of what a trigger may set (its knobs, generated from :mod:`premium.settings`, and
+    operational switches such as ``dry_run``). Raised as a failure without retries: a retry would
+    read the same conf.
+    """
+    conf = getattr(context.get("dag_run"), "conf", None) or {}
+    declared = set(getattr(context.get("dag"), "params", None) or {})
+    unknown = sorted(set(conf) - declared)
+    if unknown:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        deployment = sorted(k for k in unknown if _deployment_setting(k))
+        hint = (
+            f"; {', '.join(deployment)} are deployment settings (settings file or Variable "
+            f"{settings.SETTINGS_VARIABLE}), not run knobs"
+            if deployment
+            else ""
+        )
+        raise AirflowFailException(
+            f"run conf refused: {', '.join(unknown)} not declared by this DAG (declared: {', '.join(sorted(declared))})"
+            f"{hint}; nothing was done"
+        )
+
+
+def _deployment_setting(key: str) -> bool:
+    for cls in settings.SECTIONS.values():
+        name = key.removeprefix(cls.param_prefix) if cls.param_prefix else key
+        if name in cls.model_fields and name not in cls.knobs():
+            return True
+    return False
+
+
+def run_settings(context: Any, section: str):
+    """The settings of ``section`` for this run: the deployment's, with the run's knobs applied.
+
+    The one override rule of every DAG: conf checked first (:func:`check_run_conf`), then each knob
+    param of ``section`` that the run sets (``<prefix><knob>``; null keeps the deployment value).
+    A settings error fails the task without retries (a retry would read the same settings); fix the
+    settings file or Variable, then clear the task.
+    """
+    check_run_conf(context)
     params = context.get("params") or {}
-    return {k: params[k] for k in keys if params.get(k) is not None}
+    overrides = {
+        knob: params[name]
+        for name, (sec, knob) in settings.run_param_names(section).items()
+        if sec == section and params.get(name) is not None
+    }
+    try:
+        return settings.load(section, overrides)
+    except settings.SettingsError as exc:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        raise AirflowFailException(f"settings refused: {exc}") from None

@@ -34,6 +34,7 @@ import time
 from collections import Counter
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as clock
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import phonenumbers
@@ -147,7 +148,15 @@ def carrier():
 
 
 @pytest.fixture(scope="module")
-def airflow(app_db, customers, core_bank, carrier, tmp_path_factory):
+def settings_file(tmp_path_factory) -> Path:
+    """The deployment's settings file (PREMIUM_SETTINGS_FILE): what an administrator changes, never a run."""
+    path = tmp_path_factory.mktemp("deployment") / "premium-settings.json"
+    path.write_text(json.dumps(SETTINGS))
+    return path
+
+
+@pytest.fixture(scope="module")
+def airflow(app_db, customers, core_bank, carrier, settings_file, tmp_path_factory):
     app = app_db
     connections = {
         "premium_db": f"postgresql://{app['user']}@{app['host']}:{app['port']}/{app['dbname']}",
@@ -160,7 +169,7 @@ def airflow(app_db, customers, core_bank, carrier, tmp_path_factory):
         workdir=tmp_path_factory.mktemp("airflow-e2e-sms"),
         dag_files=[env.ROOT / "dags" / f"{DAG_ID}.py", env.ROOT / "dags" / f"{TRACKING_DAG_ID}.py"],
         connections=connections,
-        extra_env={"AIRFLOW_VAR_PREMIUM_SETTINGS": json.dumps(SETTINGS)},
+        extra_env={"PREMIUM_SETTINGS_FILE": str(settings_file)},
         use_job_schedule=True,
         dags_paused_at_creation=True,
     ) as af:
@@ -173,7 +182,7 @@ def airflow(app_db, customers, core_bank, carrier, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def campaign(airflow, tick) -> dict:
+def campaign(airflow, tick, settings_file) -> dict:
     """Our run of D, in place of the scheduler's run of the latest tick; the samples of its wait."""
     # The scheduler's next run is that of the latest tick, and nothing has run yet.
     assert airflow.next_scheduled_logical_date(DAG_ID) == tick
@@ -181,14 +190,10 @@ def campaign(airflow, tick) -> dict:
     day = tick.date()
     target = (datetime.now(UTC) + SEND_LEAD).replace(microsecond=0)
     local = target.astimezone(LOCAL)
-    conf = {
-        **FAST,
-        "sms_send_offset_days": (local.date() - day).days,
-        "sms_send_time": local.strftime("%H:%M:%S"),
-        "sms_no_send_days": "",  # whatever weekday the test runs on
-        "sms_send_window_end": "23:59:59",  # whatever hour it runs at
-        "sms_backoff_multiplier_s": 0.001,
-    }
+    # The window is the deployment's (a run cannot move it): opened SEND_LEAD from now, any weekday, any hour.
+    window = {"send_offset_days": (local.date() - day).days, "send_time": local.strftime("%H:%M:%S")}
+    settings_file.write_text(json.dumps({**SETTINGS, "sms": {**SETTINGS["sms"], **window}}))
+    conf = {**FAST, "sms_backoff_multiplier_s": 0.001}
     started = time.monotonic()
     run = airflow.trigger_dag(DAG_ID, logical_date=tick, conf=conf)
     airflow.set_paused(DAG_ID, False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, date, datetime
 
 import psycopg
@@ -149,11 +150,12 @@ def test_a_401_on_a_rerun_of_a_fetched_date_still_fails_the_run(base, bank, monk
     assert recorded_outcomes(base, DAY) == before  # the earlier checks stand
 
 
-def test_an_outage_past_the_threshold_skips_the_day_and_alerts(base, bank) -> None:
+def test_an_outage_past_the_threshold_skips_the_day_and_alerts(base, bank, monkeypatch) -> None:
     from tests.support.airflow import run_dag
 
     bank.set_faults({"outage": {"seconds": 120}})
-    conf = {**FAST, "breaker_failures": 3, "breaker_reset_s": 0.2, "outage_threshold_s": 1, "max_retries": 1}
+    monkeypatch.setenv("AIRFLOW_VAR_PREMIUM_SETTINGS", json.dumps({"balance": {"outage_threshold_s": 1}}))
+    conf = {**FAST, "breaker_failures": 3, "breaker_reset_s": 0.2, "max_retries": 1}
     dag_run = run_dag(DAG_ID, LOGICAL, conf)
     assert str(dag_run.state) == "failed"
     assert _run_record(base)[0] == "SKIPPED_OUTAGE"

@@ -6,6 +6,7 @@ and the synthetic generator's own record of which numbers are mobiles.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, date, datetime, timedelta
 
 import psycopg
@@ -15,7 +16,7 @@ from premium.simulators import bank_model, carrier_model
 from premium.synthetic import generate_rows
 from tests.support import env
 from tests.support.bank import connection_json, load_synthetic_customers
-from tests.support.carrier import carrier
+from tests.support.carrier import OPEN_WINDOW, carrier
 from tests.support.carrier import connection_json as carrier_json
 
 pytestmark = pytest.mark.integration
@@ -30,8 +31,9 @@ FAST = {
     "in_flight": 8,
     "backoff_multiplier_s": 0.001,
     "sms_backoff_multiplier_s": 0.001,
-    "sms_max_lag_days": 100000,  # these runs are "on time" whatever today's date is
 }
+# Deployment settings: these runs are "on time" whatever today's date is, the window open at any hour.
+ON_TIME = {"sms": {**OPEN_WINDOW, "max_lag_days": 100000}}
 
 
 def logical(day: date) -> datetime:
@@ -73,6 +75,7 @@ def expected_sms(rows: list[dict], last_day: date) -> set[str]:
 @pytest.fixture
 def world(db, app_db, tmp_path, airflow_db, bank, monkeypatch):
     load_synthetic_customers(app_db, tmp_path, COUNT, seed=SEED)
+    monkeypatch.setenv("AIRFLOW_VAR_PREMIUM_SETTINGS", json.dumps(ON_TIME))
     monkeypatch.setenv("AIRFLOW_CONN_CORE_BANKING", connection_json(bank))
     with carrier("primary", env.TEST_SMS_API_KEY) as sms:
         monkeypatch.setenv("AIRFLOW_CONN_SMS_CARRIER", carrier_json(sms, env.TEST_SMS_API_KEY))
@@ -84,7 +87,7 @@ def received_customers(sms) -> list[str]:
     return [m["messageId"].rsplit("-", 2)[-2] for m in sms.call("GET", "/_sim/received")]
 
 
-def test_thirty_days_give_exactly_the_expected_sms_set(world) -> None:
+def test_thirty_days_give_exactly_the_expected_sms_set(world, monkeypatch) -> None:
     from tests.support.airflow import run_dag, task_states
 
     conninfo, sms = world
@@ -117,14 +120,31 @@ def test_thirty_days_give_exactly_the_expected_sms_set(world) -> None:
     # Clearing and rerunning the last day, and a late backfill of an earlier one, send nothing more.
     before = len(got)
     assert str(run_dag(DAG_ID, logical(last), FAST).state) == "success"
-    late = {k: v for k, v in FAST.items() if k != "sms_max_lag_days"}
-    assert str(run_dag(DAG_ID, logical(last - timedelta(days=1)), late).state) == "success"
+    monkeypatch.setenv("AIRFLOW_VAR_PREMIUM_SETTINGS", json.dumps({"sms": OPEN_WINDOW}))  # the lag rail back on
+    late_day = last - timedelta(days=1)
+    assert str(run_dag(DAG_ID, logical(late_day), FAST).state) == "success"
+    assert len(received_customers(sms)) == before
+    assert _mode(conninfo, late_day) == "LATE_NO_SEND"
+
+    # An operator authorises that date (who, why: audited); its rerun sends, and still nothing twice.
+    from premium.cli import main as cli
+
+    assert cli(["authorise-late-send", "--check-date", str(late_day), "--by", "ops:dana", "--reason", "INC-42"]) == 0
+    assert str(run_dag(DAG_ID, logical(late_day), FAST).state) == "success"
+    assert _mode(conninfo, late_day) == "SEND"
     assert len(received_customers(sms)) == before
     with psycopg.connect(**conninfo) as conn:
-        mode = conn.execute(
-            "SELECT mode FROM sms_campaign_runs WHERE check_date = %s", (last - timedelta(days=1),)
-        ).fetchone()[0]
-    assert mode == "LATE_NO_SEND"
+        audited = conn.execute(
+            "SELECT details->>'authorised_by', details->>'reason' FROM audit_trail "
+            "WHERE action = 'late_send_authorised' AND check_date = %s",
+            (late_day,),
+        ).fetchall()
+    assert audited == [("ops:dana", "INC-42")]
+
+
+def _mode(conninfo: dict, day: date) -> str:
+    with psycopg.connect(**conninfo) as conn:
+        return conn.execute("SELECT mode FROM sms_campaign_runs WHERE check_date = %s", (day,)).fetchone()[0]
 
 
 def _e164(raw: str) -> str:
@@ -160,3 +180,32 @@ def test_dry_run_renders_and_records_but_sends_nothing(world) -> None:
         ).fetchone()[0]
         outbox = conn.execute("SELECT count(*) FROM sms_notifications").fetchone()[0]
     assert mode == "DRY_RUN" and qualified > 0 and rendered == qualified and outbox == 0
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        {
+            "sms_bank_name": "Premium Bank: verify at https://premium-bank.example",
+            "sms_callback_url": "https://x.example/c",
+        },
+        {"threshold_nis": 0, "sms_no_send_days": "", "sms_max_lag_days": 100000},
+        {"chunk_size": 50, "sms_bank_nmae": "typo"},  # undeclared: refused, not ignored
+    ],
+)
+def test_a_hostile_run_conf_is_refused_before_anything_is_fetched_or_sent(world, hostile) -> None:
+    from tests.support.airflow import run_dag, task_states
+
+    conninfo, sms = world
+    dag_run = run_dag(DAG_ID, logical(date(2025, 11, 30)), {**FAST, **hostile})
+    states = task_states(dag_run)
+    assert str(dag_run.state) == "failed"
+    assert states["plan_chunks"] == ["failed"]
+    assert "success" not in {s for task, ss in states.items() for s in ss}
+    assert sms.call("GET", "/_sim/received") == []
+    with psycopg.connect(**conninfo) as conn:
+        touched = conn.execute(
+            "SELECT (SELECT count(*) FROM daily_balance_checks) + (SELECT count(*) FROM balance_check_runs) "
+            "+ (SELECT count(*) FROM sms_notifications) + (SELECT count(*) FROM system_events)"
+        ).fetchone()[0]
+    assert touched == 0

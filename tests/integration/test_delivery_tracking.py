@@ -27,7 +27,7 @@ pytestmark = pytest.mark.integration
 
 D = date(2025, 11, 18)
 CAMPAIGN = campaign_id_for(D)
-FAST_TRACKING = {"campaign_id": CAMPAIGN, "poll_interval_s": 0.5, "window_s": 40}
+FAST_TRACKING = {"campaign_id": CAMPAIGN, "poll_interval_s": 0.5}
 SMS_FAST = SmsSettings(backoff_multiplier_s=0.001, **OPEN_WINDOW)
 
 # §6.2 "SMS delivery rate by hour", unchanged
@@ -58,7 +58,8 @@ def submitted(db, app_db, tmp_path, airflow_db, monkeypatch):
         monkeypatch.setenv("AIRFLOW_CONN_SMS_CARRIER", connection_json(sim, env.TEST_SMS_API_KEY))
         monkeypatch.delenv("AIRFLOW_CONN_SMS_CARRIER_SECONDARY", raising=False)
         monkeypatch.setenv(
-            "AIRFLOW_VAR_PREMIUM_SETTINGS", json.dumps({"sms": {"backoff_multiplier_s": 0.001, **OPEN_WINDOW}})
+            "AIRFLOW_VAR_PREMIUM_SETTINGS",
+            json.dumps({"sms": {"backoff_multiplier_s": 0.001, **OPEN_WINDOW}, "delivery": {"window_s": 40}}),
         )
         submit(
             app_db,

@@ -28,7 +28,7 @@ from premium.sms.qualify import qualify, render_qualified
 from premium.sms.render import SmsRenderer
 from tests.support import env
 from tests.support.bank import KEYRING, load_synthetic_customers
-from tests.support.carrier import endpoint, make_everyone_pass, window_clock
+from tests.support.carrier import OPEN_WINDOW, endpoint, make_everyone_pass, window_clock
 
 pytestmark = pytest.mark.integration
 
@@ -278,7 +278,8 @@ def test_a_429_with_a_long_retry_after_waits_for_a_later_run(prepared, carriers)
     primary, _ = carriers
     primary.set_faults({"fail_next": {"status": 429, "count": 1}})  # Retry-After: 1
     settings = SmsSettings(**{**FAST, "max_retry_after_s": 0.1})
-    first = submit(conninfo, CAMPAIGN, settings, endpoints(primary), KEYRING, CORR, clock=window_clock())
+    clock = window_clock()  # one clock for both runs: each new one restarts at the window's opening
+    first = submit(conninfo, CAMPAIGN, settings, endpoints(primary), KEYRING, CORR, clock=clock)
     assert first.rate_limited_posts == 1
     with psycopg.connect(**conninfo) as conn:
         waiting = conn.execute(
@@ -286,7 +287,7 @@ def test_a_429_with_a_long_retry_after_waits_for_a_later_run(prepared, carriers)
         ).fetchone()[0]
     assert waiting == 1
     time.sleep(1.1)
-    second = submit(conninfo, CAMPAIGN, settings, endpoints(primary), KEYRING, CORR, clock=window_clock())
+    second = submit(conninfo, CAMPAIGN, settings, endpoints(primary), KEYRING, CORR, clock=clock)
     assert second.messages_accepted > 0
     assert "PENDING" not in notification_statuses(conninfo)
 
@@ -452,7 +453,9 @@ def test_a_retry_waits_its_backoff_and_a_status_read_again_can_settle_it(prepare
     backoff, and when it falls due the status read just before it finds DELIVERED: no second SMS."""
     conninfo, _ = prepared
     primary, _ = carriers
-    settings = SmsSettings(**{**FAST, "retry_backoff_s": 600})
+    # A window open at any hour, so the engine's clock is the real one: the retry's due time is the
+    # database's now() + backoff, which a clock shifted to the next window would overtake.
+    settings = SmsSettings(**{**FAST, **OPEN_WINDOW, "retry_backoff_s": 600})
     clock = window_clock(settings)
     submit(conninfo, CAMPAIGN, settings, endpoints(primary), KEYRING, CORR, clock=clock)
     with psycopg.connect(**conninfo) as conn:

@@ -51,4 +51,4 @@ def test_the_outbox_payload_migration_refuses_while_a_campaign_is_in_flight(app_
         with psycopg.connect(**app_db) as conn:
             conn.execute("DELETE FROM sms_notifications")
         migrations.upgrade(app_db)
-    assert migrations.current(app_db) == "0007_submission_engine"
+    assert migrations.current(app_db) == "0008_deployment_controls"

@@ -28,27 +28,42 @@ def test_file_then_variable_then_run_params(monkeypatch, tmp_path) -> None:
     f.write_text(json.dumps({"balance": {"threshold_nis": 20000, "chunk_size": 500, "in_flight": 10}}))
     monkeypatch.setenv("PREMIUM_SETTINGS_FILE", str(f))
     monkeypatch.setenv("AIRFLOW_VAR_PREMIUM_SETTINGS", json.dumps({"balance": {"chunk_size": 250}}))
-    s = settings.load_balance({"in_flight": 3, "threshold_nis": None})
+    s = settings.load_balance({"in_flight": 3, "max_retries": None})
     assert s.threshold_nis == Decimal("20000")  # file
     assert s.chunk_size == 250  # Variable beats file
     assert s.in_flight == 3  # run param beats both; a null param is no override
+    assert s.max_retries == 3
 
 
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"chunk_size": 0}, "chunk_size must be between"),
-        ({"in_flight": "many"}, "cannot use 'many'"),
-        ({"skip_on_outage": "perhaps"}, "cannot use 'perhaps'"),
-        ({"max_mapped_tasks": 5000}, "max_mapped_tasks must be between"),
-        ({"threshhold_nis": 1}, "unknown BalanceSettings settings in run params: threshhold_nis"),
-        ({"as_of_time": "22:00"}, "as_of_time must be HH:MM:SS"),
+        ({"chunk_size": 0}, r"balance.chunk_size: Input should be greater than or equal to 1 \(got 0\)"),
+        ({"in_flight": "many"}, r"balance.in_flight: Input should be a valid integer.*'many'"),
+        ({"max_mapped_tasks": 5000}, r"balance.max_mapped_tasks: Input should be less than or equal to 512"),
+        ({"threshhold_nis": 1}, "unknown balance settings in run params: threshhold_nis"),
+        ({"threshold_nis": 1}, "balance settings threshold_nis belong to the deployment"),
+        ({"skip_on_outage": False}, "balance settings skip_on_outage belong to the deployment"),
     ],
 )
-def test_bad_settings_are_rejected_with_a_specific_message(monkeypatch, overrides, message) -> None:
+def test_bad_run_overrides_are_rejected_with_a_specific_message(monkeypatch, overrides, message) -> None:
     monkeypatch.delenv("AIRFLOW_VAR_PREMIUM_SETTINGS", raising=False)
     with pytest.raises(settings.SettingsError, match=message):
         settings.load_balance(overrides)
+
+
+@pytest.mark.parametrize(
+    ("layer", "message"),
+    [
+        ({"skip_on_outage": "perhaps"}, r"balance.skip_on_outage: Input should be a valid boolean"),
+        ({"as_of_time": "22:00"}, r"balance.as_of_time: must be a local time HH:MM:SS \(got '22:00'\)"),
+        ({"threshold_nis": -1}, r"balance.threshold_nis: Input should be greater than or equal to 0"),
+    ],
+)
+def test_bad_deployment_values_are_rejected_naming_the_source(monkeypatch, layer, message) -> None:
+    monkeypatch.setenv("AIRFLOW_VAR_PREMIUM_SETTINGS", json.dumps({"balance": layer}))
+    with pytest.raises(settings.SettingsError, match=message + r".*\(from Variable premium_settings\)"):
+        settings.load_balance()
 
 
 def test_unknown_section_in_variable_is_rejected(monkeypatch) -> None:
@@ -98,8 +113,3 @@ def test_correlation_id_is_stable_per_run_and_distinct_between_runs() -> None:
     assert a == correlation_id_for("scheduled__2025-11-18T20:00:00+00:00", date(2025, 11, 18))
     assert a.startswith("corr-20251118-")
     assert a != correlation_id_for("manual__2025-11-18T21:00:00+00:00", date(2025, 11, 18))
-
-
-def test_run_overrides_ignore_null_params() -> None:
-    ctx = {"params": {"chunk_size": 10, "in_flight": None}}
-    assert runtime.run_overrides(ctx, ["chunk_size", "in_flight"]) == {"chunk_size": 10}

@@ -19,24 +19,18 @@ The fetch task raises no alert of its own: ``record_run`` raises the one alert o
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from typing import Any
 
 from airflow.sdk.exceptions import AirflowFailException
 
 from premium import runtime
-from premium.settings import BalanceSettings, load_balance
+from premium.settings import BalanceSettings
 
 log = logging.getLogger(__name__)
 
 # Pushed by a fetch task the bank refused (value: the HTTP status), read by record_run.
 CREDENTIALS_REJECTED_XCOM = "bank_credentials_rejected"
-
-# encrypt_balances is a deployment decision (§5.3), never switched off by one run's params.
-BALANCE_PARAM_KEYS = tuple(
-    f.name for f in dataclasses.fields(BalanceSettings) if f.name not in ("as_of_time", "encrypt_balances")
-)
 
 
 class BalanceDayFailed(AirflowFailException):
@@ -69,7 +63,7 @@ class BankCredentialsRejected(AirflowFailException):
 
 
 def _settings(context: Any) -> BalanceSettings:
-    return load_balance(runtime.run_overrides(context, BALANCE_PARAM_KEYS))
+    return runtime.run_settings(context, "balance")
 
 
 def plan(context: Any) -> list[dict[str, Any]]:

@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from typing import Any
 
 from airflow.sdk.exceptions import AirflowFailException
 
-from premium.settings import DeliverySettings, load_delivery, load_sms
+from premium import runtime
+from premium.settings import DeliverySettings, load_sms
 
 log = logging.getLogger(__name__)
 
-DELIVERY_PARAM_KEYS = tuple(f.name for f in dataclasses.fields(DeliverySettings))
-
 
 def _settings(context: Any) -> DeliverySettings:
-    params = context.get("params") or {}
-    return load_delivery({k: params[k] for k in DELIVERY_PARAM_KEYS if params.get(k) is not None})
+    return runtime.run_settings(context, "delivery")
 
 
 def _endpoints() -> dict:
@@ -65,6 +62,7 @@ def register(context: Any) -> dict[str, Any]:
     from premium.connections import premium_db_kwargs
     from premium.delivery.tracking import register as register_run
 
+    runtime.check_run_conf(context)
     campaign_id, batch_ids, check_dates = submissions_of(context)
     conninfo = premium_db_kwargs()
     if not batch_ids:
@@ -92,7 +90,7 @@ def register(context: Any) -> dict[str, Any]:
 def _resubmitter(conninfo: dict[str, Any], context: Any, run: Any):
     def resubmit(campaign_id: str) -> int:
         from premium.banking.stage import correlation_id_for
-        from premium.crypto import PiiKeyring
+        from premium.crypto import load_keyring_for
         from premium.notifications.engine import escalate, submit
 
         check_date = max(run.check_dates) if run.check_dates else None
@@ -101,7 +99,7 @@ def _resubmitter(conninfo: dict[str, Any], context: Any, run: Any):
             campaign_id,
             load_sms(),
             _endpoints(),
-            PiiKeyring.from_connection(),
+            load_keyring_for(conninfo),
             correlation_id_for(context["dag_run"].run_id, check_date),
             holder=f"poll_delivery_status:{context['dag_run'].run_id}",
             wait_s=0,  # another holder is submitting this campaign: the work is its

@@ -67,15 +67,22 @@ def may_send(check_date: date, moment: datetime, settings: SmsSettings) -> bool:
     return moment >= send_after(check_date, settings) and is_open(moment, settings)
 
 
-def decide_mode(check_date: date, decided_at: datetime, settings: SmsSettings, *, dry_run: bool) -> str:
-    """SEND, DRY_RUN, or LATE_NO_SEND when D is older than max_lag_days at decision time.
+def decide_mode(
+    check_date: date, decided_at: datetime, settings: SmsSettings, *, dry_run: bool, late_send_authorised: bool = False
+) -> str:
+    """SEND, DRY_RUN, or LATE_NO_SEND when D is older than max_lag_days at decision time (unless an
+    operator authorised that date: :mod:`premium.late_send`).
 
     The one place the wall clock matters: whether SMS for a past date may still go out is a
     question about today, not about the data (the as-of date itself always comes from the run).
     """
     if dry_run:
         return DRY_RUN
-    today_local = decided_at.astimezone(LOCAL_TZ).date()
-    if (today_local - check_date).days > settings.max_lag_days:
+    if is_late(check_date, decided_at, settings) and not late_send_authorised:
         return LATE_NO_SEND
     return SEND
+
+
+def is_late(check_date: date, decided_at: datetime, settings: SmsSettings) -> bool:
+    """D is older than max_lag_days on the local date of ``decided_at``."""
+    return (decided_at.astimezone(LOCAL_TZ).date() - check_date).days > settings.max_lag_days

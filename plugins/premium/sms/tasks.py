@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from typing import Any
@@ -10,11 +9,10 @@ from typing import Any
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from premium import runtime
-from premium.settings import SmsSettings, load_sms
+from premium.settings import SmsSettings
 
 log = logging.getLogger(__name__)
 
-SMS_PARAM_KEYS = tuple(f.name for f in dataclasses.fields(SmsSettings))
 SECONDARY_CONN_ID = "sms_carrier_secondary"
 PRIMARY_CONN_ID = "sms_carrier"
 
@@ -34,13 +32,8 @@ class SmsBatchesBuffered(Exception):
 
 
 def _settings(context: Any) -> SmsSettings:
-    """Deployment settings with the run's ``sms_<key>`` params applied (prefixed: the balance stage
-    has settings of the same names)."""
-    params = context.get("params") or {}
-    overrides = {
-        k[4:]: v for k, v in params.items() if k.startswith("sms_") and v is not None and k[4:] in SMS_PARAM_KEYS
-    }
-    return load_sms(overrides)
+    """Deployment settings with the run's ``sms_<knob>`` params applied."""
+    return runtime.run_settings(context, "sms")
 
 
 def _renderer(settings: SmsSettings):
@@ -81,7 +74,7 @@ def qualify(context: Any) -> dict[str, Any]:
 
     from premium.banking.stage import correlation_id_for
     from premium.connections import premium_db_kwargs
-    from premium.crypto import PiiKeyring
+    from premium.crypto import load_keyring_for
     from premium.sms.qualify import qualify as run_qualification
     from premium.sms.qualify import render_qualified
     from premium.sms.render import SegmentLimitExceeded
@@ -97,7 +90,7 @@ def qualify(context: Any) -> dict[str, Any]:
     conninfo = premium_db_kwargs()
     run_id = context["dag_run"].run_id
     summary = run_qualification(conninfo, check_date, run_id, settings)
-    renders = render_qualified(conninfo, check_date, PiiKeyring.from_connection(), renderer)
+    renders = render_qualified(conninfo, check_date, load_keyring_for(conninfo), renderer)
     _record_run(
         conninfo,
         check_date,
@@ -125,7 +118,9 @@ def qualify(context: Any) -> dict[str, Any]:
 def plan_send(context: Any) -> str:
     """Decide SEND / DRY_RUN / LATE_NO_SEND and when the window opens; returns the moment to wait for."""
     import pendulum
+    import psycopg
 
+    from premium import late_send
     from premium.connections import premium_db_kwargs
     from premium.notifications import window
 
@@ -133,18 +128,26 @@ def plan_send(context: Any) -> str:
     settings = _settings(context)
     dry_run = bool((context.get("params") or {}).get("dry_run"))
     decided_at = pendulum.now("UTC")
-    mode = window.decide_mode(check_date, decided_at, settings, dry_run=dry_run)
+    with psycopg.connect(**premium_db_kwargs()) as conn:
+        authorisation = late_send.authorisation_for(conn, check_date)
+    mode = window.decide_mode(
+        check_date, decided_at, settings, dry_run=dry_run, late_send_authorised=authorisation is not None
+    )
     send_after = window.send_after(check_date, settings)
     if mode == window.SEND:
         log.info("SMS for %s go out from %s (Asia/Jerusalem)", check_date, send_after.isoformat())
         detail, status, wait_until = None, "WAITING", send_after
+        if authorisation is not None and window.is_late(check_date, decided_at, settings):
+            detail = f"late send authorised by {authorisation.authorised_by} at {authorisation.authorised_at:%Y-%m-%d %H:%M}Z"
+            log.warning("%s (reason in audit_trail)", detail)
     elif mode == window.DRY_RUN:
         log.info("dry run: qualification and rendering recorded; nothing will be sent")
         detail, status, wait_until = "dry run: nothing sent", "NOT_SENT", decided_at
     else:
         detail = (
             f"check date {check_date} is more than {settings.max_lag_days} day(s) old: qualification recorded, "
-            "nothing sent (a backfill or a late rerun)"
+            "nothing sent (a backfill or a late rerun; an operator may authorise it: "
+            "python -m premium.cli authorise-late-send)"
         )
         log.warning("%s", detail)
         status, wait_until = "NOT_SENT", decided_at
@@ -162,15 +165,17 @@ def _prepare_outbox(context: Any, check_date: Any, settings: SmsSettings) -> Non
 
     from premium.banking.stage import correlation_id_for
     from premium.connections import premium_db_kwargs
-    from premium.crypto import PiiKeyring
+    from premium.crypto import load_keyring_for
     from premium.notifications import outbox
     from premium.notifications.window import campaign_id_for
 
     run_id = context["dag_run"].run_id
     correlation_id = correlation_id_for(run_id, check_date)
     campaign_id = campaign_id_for(check_date)
-    keyring, renderer = PiiKeyring.from_connection(), _renderer(settings)
-    with psycopg.connect(**premium_db_kwargs()) as conn:
+    settings.check_customer_facing()  # again, right before anything a customer reads is written
+    conninfo = premium_db_kwargs()
+    keyring, renderer = load_keyring_for(conninfo), _renderer(settings)
+    with psycopg.connect(**conninfo) as conn:
         created = outbox.write_outbox(
             conn, check_date, campaign_id, correlation_id, run_id, keyring=keyring, renderer=renderer
         )
@@ -210,7 +215,7 @@ def submit(context: Any) -> dict[str, Any]:
 
     from premium.banking.stage import correlation_id_for
     from premium.connections import get_connection, premium_db_kwargs
-    from premium.crypto import PiiKeyring
+    from premium.crypto import load_keyring_for
     from premium.notifications.carrier import CarrierAuthError, CarrierEndpoint
     from premium.notifications.engine import escalate
     from premium.notifications.engine import submit as run_submission
@@ -242,7 +247,7 @@ def submit(context: Any) -> dict[str, Any]:
             campaign_id,
             settings,
             endpoints,
-            PiiKeyring.from_connection(),
+            load_keyring_for(conninfo),
             correlation_id,
             holder=f"submit_sms_batches:{run_id}",
         )
