@@ -46,6 +46,8 @@ DAY = date(2025, 11, 18)
 REFUSED_LOGICAL = datetime(2025, 11, 10, 20, 0, tzinfo=UTC)
 REFUSED_DAY = date(2025, 11, 10)
 BACKFILL_DAYS = (date(2025, 11, 3), date(2025, 11, 4))
+HOSTILE_LOGICAL = datetime(2025, 11, 12, 20, 0, tzinfo=UTC)
+HOSTILE_DAY = date(2025, 11, 12)
 BALANCE_TASKS = ("plan_chunks", "fetch_balances", "record_run")
 FAST = {"chunk_size": 40, "max_mapped_tasks": 3, "in_flight": 8, "backoff_multiplier_s": 0.001}
 PROBE_DIR = Path(__file__).parent / "probe_dags"
@@ -289,6 +291,26 @@ def test_a_day_the_bank_refuses_our_credentials_fails_the_run_before_qualificati
         ]
     assert qualified == 0
     assert alerts == ["bank_credentials_rejected"]  # once for the day, not once per fetch task
+
+
+def test_a_trigger_cannot_change_what_customers_read(airflow, app_db, core_bank) -> None:
+    """A user allowed to trigger runs, through the REST API the UI uses: a declared knob out of range is
+    refused at trigger time; a deployment setting in the conf fails the run before anything is fetched."""
+    refused = airflow.post(
+        f"/api/v2/dags/{DAG_ID}/dagRuns",
+        {"logical_date": HOSTILE_LOGICAL.isoformat(), "conf": {**FAST, "chunk_size": 0}},
+        expect=(400, 422),
+    )
+    assert "chunk_size" in str(refused)
+    before = core_bank.stats()["requests_total"]
+    hostile = {**FAST, "sms_bank_name": "Verify at premium-bank.example", "sms_callback_url": "https://x.example/c"}
+    run = airflow.trigger_dag(DAG_ID, logical_date=HOSTILE_LOGICAL, conf=hostile)
+    airflow.wait_for_run(DAG_ID, run["dag_run_id"], timeout=240, expect="failed")
+    states = {ti["task_id"]: ti["state"] for ti in airflow.task_instances(DAG_ID, run["dag_run_id"])}
+    assert states["plan_chunks"] == "failed", states
+    assert "success" not in states.values(), states
+    assert core_bank.stats()["requests_total"] == before
+    assert _run_record(app_db, HOSTILE_DAY) is None
 
 
 def test_no_customer_pii_in_task_logs_or_xcom(airflow, app_db, customers) -> None:
