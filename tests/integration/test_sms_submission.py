@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from datetime import date
 
@@ -322,12 +323,15 @@ def test_payload_key_rotation_moves_every_payload_to_the_current_key(qualified) 
         assert p[3] != before[cid][1]  # re-encrypted, not relabelled
 
 
+ON_TIME = {"sms": {"max_lag_days": 100000}}  # deployment settings: "on time" whatever today's date is
+
+
 def _plan_context(**params) -> dict:
     from datetime import UTC, datetime
     from types import SimpleNamespace
 
     return {
-        "params": {"sms_max_lag_days": 100000, **params},  # "on time" whatever today's date is
+        "params": params,
         "dag_run": SimpleNamespace(run_id=f"scheduled__{D}"),
         "dag": SimpleNamespace(dag_id="premium_balance_daily"),
         "ti": SimpleNamespace(task_id="plan_send"),
@@ -337,10 +341,11 @@ def _plan_context(**params) -> dict:
 
 @pytest.mark.parametrize("dry_run", [False, True])
 def test_plan_send_prepares_the_outbox_and_batches_the_evening_before_only_when_sending(
-    db, app_db, tmp_path, dry_run
+    db, app_db, tmp_path, dry_run, monkeypatch
 ) -> None:
     from premium.sms import tasks
 
+    monkeypatch.setenv("AIRFLOW_VAR_PREMIUM_SETTINGS", json.dumps(ON_TIME))
     load_synthetic_customers(app_db, tmp_path, 1400, seed=6)
     make_everyone_pass(app_db, D)
     n = qualify(app_db, D, f"scheduled__{D}", SmsSettings()).qualified
