@@ -1,6 +1,7 @@
-"""Airflow plugin: the SMS delivery-callback endpoint (§3.5) on the Airflow API server.
+"""Airflow plugin: Premium's app on the Airflow API server, at ``/premium`` (:mod:`premium.api_server`).
 
-Mounts :data:`premium.webhooks.app.app` at ``/premium``, so each carrier posts to its own route,
+It serves the SMS delivery callbacks (§3.5) and the operations console (``/premium/console/``,
+Airflow users only; its UI entries are :mod:`premium_console_plugin`). Each carrier posts to its own route,
 ``POST /premium/api/webhooks/sms-delivery/primary`` or ``…/secondary`` (``<callback_url>/<carrier>``,
 ``callback_url`` being the SMS setting). The routes carry no Airflow authentication: the carrier
 has no Airflow credentials, and the Standard Webhooks signature, with that carrier's own secrets,
@@ -15,9 +16,9 @@ from __future__ import annotations
 
 from airflow.plugins_manager import AirflowPlugin
 
-from premium.webhooks.app import app as webhooks_app
+from premium.api_server import app as premium_app
 
 
 class PremiumWebhooksPlugin(AirflowPlugin):
     name = "premium_webhooks"
-    fastapi_apps = [{"app": webhooks_app, "url_prefix": "/premium", "name": "premium-webhooks"}]
+    fastapi_apps = [{"app": premium_app, "url_prefix": "/premium", "name": "premium"}]

@@ -45,6 +45,31 @@ def _key(conninfo: dict[str, Any]) -> tuple:
     return (os.getpid(), tuple(sorted((k, str(v)) for k, v in conninfo.items())))
 
 
+class AppPools:
+    """The pools a web app lends connections from (:func:`pool` of ``conninfo()``), closed with the app.
+
+    ``conninfo`` is called per lend (cache it: a connection lookup is not free); ``close()`` belongs
+    in the app's lifespan, after its last request.
+    """
+
+    def __init__(self, conninfo: Any) -> None:
+        self._conninfo = conninfo
+        self._lent: set[ConnectionPool] = set()
+        self._lock = threading.Lock()
+
+    def get(self) -> ConnectionPool:
+        found = pool(self._conninfo())
+        with self._lock:
+            self._lent.add(found)
+        return found
+
+    def close(self) -> None:
+        with self._lock:
+            lent, self._lent = list(self._lent), set()
+        for p in lent:
+            p.close()
+
+
 def pool(conninfo: dict[str, Any] | None = None) -> ConnectionPool:
     """This process's pool for ``conninfo`` (default: connection ``premium_db``)."""
     conninfo = dict(conninfo or premium_db_kwargs())

@@ -428,6 +428,7 @@ def handler(monkeypatch):
     configured = {"primary": (NEW, OLD), "secondary": (SECONDARY,)}
     monkeypatch.setattr(webhook_app, "SECRETS", CarrierSecrets(lambda carrier: configured[carrier]))
     monkeypatch.setattr(webhook_app, "SETTINGS", SimpleNamespace(get=lambda: "settings"))
+    webhook_app.AUDIT.drain()  # events another test's app left in the process-wide buffer
     audited: list = []
     monkeypatch.setattr(webhook_app, "_flush_audit", lambda: audited.extend(webhook_app.AUDIT.drain()))
 
@@ -618,7 +619,7 @@ def test_the_app_uses_the_projects_pool(monkeypatch):
         assert webhook_app._pool() == "the-pool"
     finally:
         webhook_app.CONNINFO.clear()
-        webhook_app._pools.clear()
+        webhook_app.POOLS._lent.clear()  # "the-pool" is no pool to close
     assert seen == [
         {"host": "db.example", "dbname": "premium_app", "application_name": "premium-webhooks", "connect_timeout": 5}
     ]

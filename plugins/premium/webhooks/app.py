@@ -36,7 +36,6 @@ idle is replaced rather than handed out.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Mapping
 from contextlib import asynccontextmanager
@@ -46,6 +45,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from premium import db
 from premium.audit import WEBHOOK_RECEIVED, AuditLog, AuditWriter, write_events
 from premium.cache import Expiring
 from premium.webhooks.verify import (
@@ -97,26 +97,15 @@ def _load_sms_settings() -> Any:
 SECRETS = CarrierSecrets()
 SETTINGS = Expiring(_load_sms_settings, SETTINGS_TTL_S)
 CONNINFO = Expiring(_premium_db_kwargs, CONNINFO_TTL_S)  # connection premium_db, not looked up per request
-_pools: set[Any] = set()  # the pools this app lent connections from (closed with the app)
-_pools_lock = threading.Lock()
+POOLS = db.AppPools(CONNINFO.get)  # the pools this app lent connections from (closed with the app)
 
 
 def _pool() -> Any:
-    """The process's psycopg_pool pool for the application DB (:func:`premium.db.pool`)."""
-    from premium import db
-
-    found = db.pool(CONNINFO.get())
-    with _pools_lock:
-        _pools.add(found)
-    return found
+    return POOLS.get()
 
 
 def _close_pools() -> None:
-    with _pools_lock:
-        pools = list(_pools)
-        _pools.clear()
-    for p in pools:
-        p.close()
+    POOLS.close()
 
 
 def record(webhook_id: str, update: Any, settings: Any) -> str:
