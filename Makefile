@@ -28,6 +28,11 @@ tools:
 		echo "installing docker-compose (Debian package) for the compose file check"; \
 		DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null; }
+# The console's browser test drives Debian's chromium with Playwright (its own browser download cannot work here).
+	@command -v chromium >/dev/null 2>&1 || { \
+		echo "installing chromium (Debian package) for the browser tests"; \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 demo: venv
 	@bash scripts/demo.sh
