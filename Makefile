@@ -1,4 +1,4 @@
-# Premium Customer Notification System — the two commands are `make demo` and `make test`.
+# Premium Customer Notification System — the main commands are `make up`, `make demo` and `make test`.
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 PYTHON ?= python3.11
@@ -7,10 +7,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)/plugins
 
-.PHONY: help venv tools demo test lint unit integration e2e bench compose-check clean
+.PHONY: help venv tools up down status demo test lint unit integration e2e bench compose-check clean
 
 help:
-	@echo "make demo   - the whole flow end to end (simulators, Airflow, PostgreSQL) with a summary"
+	@echo "make up     - the product running locally: simulators and Airflow (UI at http://127.0.0.1:8080)"
+	@echo "make down   - stop everything make up started"
+	@echo "make demo   - make up, then November 2025 through the scheduler (a backfill) with a summary"
 	@echo "make test   - ruff (with AIR rules) and the whole pytest suite against real PostgreSQL"
 	@echo "make bench  - fetch-stage benchmark (BENCH_ACCOUNTS=100000 by default)"
 
@@ -34,8 +36,18 @@ tools:
 		DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
+# The local stack (scripts/stack.py): state and logs in .run/up/, Airflow home .airflow/demo/.
+up: venv
+	@bash scripts/run.sh scripts/stack.py up
+
+down:
+	@bash scripts/run.sh scripts/stack.py down
+
+status:
+	@bash scripts/run.sh scripts/stack.py status
+
 demo: venv
-	@bash scripts/demo.sh
+	@bash scripts/run.sh scripts/demo.py
 
 lint: venv
 	$(VENV)/bin/ruff check .

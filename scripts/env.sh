@@ -35,6 +35,11 @@ _premium_secret SMS_WEBHOOK_SECRET "$PREMIUM_ROOT/.venv/bin/python" -c \
 _premium_secret SMS_CARRIER_SECONDARY_WEBHOOK_SECRET "$PREMIUM_ROOT/.venv/bin/python" -c \
     'import base64, secrets; print("whsec_" + base64.b64encode(secrets.token_bytes(24)).decode())'
 _premium_secret AIRFLOW_CONN_PREMIUM_PII_KEYS "$PREMIUM_ROOT/.venv/bin/python" -m premium.cli gen-pii-keys
+# The local stack (make up): the UI's admin password (the API server's passwords file is written
+# from it), and the keys every Airflow component must share (session/CSRF, execution API JWTs).
+_premium_secret AIRFLOW_ADMIN_PASSWORD "$PREMIUM_ROOT/.venv/bin/python" -c 'import secrets; print(secrets.token_urlsafe(18))'
+_premium_secret AIRFLOW__API__SECRET_KEY "$PREMIUM_ROOT/.venv/bin/python" -c 'import secrets; print(secrets.token_hex(32))'
+_premium_secret AIRFLOW__API_AUTH__JWT_SECRET "$PREMIUM_ROOT/.venv/bin/python" -c 'import secrets; print(secrets.token_hex(32))'
 set -a
 # shellcheck disable=SC1090
 . "$PREMIUM_SECRETS_FILE"
