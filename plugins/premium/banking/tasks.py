@@ -126,6 +126,7 @@ def finish(chunks: list[dict[str, Any]], context: Any) -> dict[str, Any]:
     from premium.banking.stage import ChunkDescriptor, finish_run
     from premium.connections import premium_db_kwargs
 
+    runtime.check_run_conf(context)  # runs after a refused plan_chunks too (all_done): refused as fast, no retry
     check_date = runtime.as_of_date(context)
     descriptors = [ChunkDescriptor.from_xcom(c) for c in chunks or []]
     rejected = _credentials_rejected(context)
