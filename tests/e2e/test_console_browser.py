@@ -17,9 +17,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg.rows import dict_row
 
-from premium.paths import read_sql
 from tests.integration.test_console import (
     CAMPAIGN,
     CUSTOMERS,
@@ -53,13 +51,9 @@ def known(app_db, tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="module")
 def sql(known):
-    with psycopg.connect(**known, autocommit=True, options="-c TimeZone=Asia/Jerusalem") as conn:
+    from tests.support.db import sql_runner
 
-        def run(name: str, **params: Any) -> list[dict[str, Any]]:
-            with conn.cursor(row_factory=dict_row) as cur:
-                cur.execute(read_sql(name), params)
-                return cur.fetchall()
-
+    with sql_runner(known) as run:
         yield run
 
 

@@ -29,13 +29,11 @@ import httpx
 import psycopg
 import pytest
 from fastapi.encoders import jsonable_encoder
-from psycopg.rows import dict_row
 
 from premium.alerts import scrub
 from premium.customers import load_customers_csv
 from premium.identifiers import account_id_for
 from premium.notifications.outbox import outbox_aad
-from premium.paths import read_sql
 from tests.support.bank import KEYRING
 from tests.support.pii import pii_patterns
 
@@ -421,13 +419,9 @@ def known(app_db, tmp_path_factory, now) -> dict:
 @pytest.fixture(scope="module")
 def sql(known) -> Iterator[Any]:
     """Runs a console SQL file as the console does (read-only, Asia/Jerusalem), for the expected figures."""
-    with psycopg.connect(**known, autocommit=True, options="-c TimeZone=Asia/Jerusalem") as conn:
+    from tests.support.db import sql_runner
 
-        def run(name: str, **params: Any) -> list[dict[str, Any]]:
-            with conn.cursor(row_factory=dict_row) as cur:
-                cur.execute(read_sql(name), params)
-                return cur.fetchall()
-
+    with sql_runner(known) as run:
         yield run
 
 

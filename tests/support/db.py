@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Generator
+from contextlib import contextmanager
+from typing import Any
+
 import psycopg
 from psycopg import sql
 
@@ -43,3 +47,20 @@ def truncate_all(conninfo: dict) -> None:
             conn.execute(
                 sql.SQL("TRUNCATE {} RESTART IDENTITY CASCADE").format(sql.SQL(", ").join(map(sql.Identifier, tables)))
             )
+
+
+@contextmanager
+def sql_runner(conninfo: dict) -> Generator[Callable[..., list[dict[str, Any]]], None, None]:
+    """``run(name, **params)``: an include/sql file as the console runs it (Asia/Jerusalem), rows as dicts."""
+    from psycopg.rows import dict_row
+
+    from premium.paths import read_sql
+
+    with psycopg.connect(**conninfo, autocommit=True, options="-c TimeZone=Asia/Jerusalem") as conn:
+
+        def run(name: str, **params: Any) -> list[dict[str, Any]]:
+            with conn.cursor(row_factory=dict_row) as cur:
+                cur.execute(read_sql(name), params)
+                return cur.fetchall()
+
+        yield run
